@@ -1,0 +1,1 @@
+"""lifeline.kit: the plumbing every Lifeline service shares."""
