@@ -1,0 +1,123 @@
+"""lifeline.kit.bus against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from nats.aio.msg import Msg
+
+from lifeline.kit.bus import Bus, BusUnavailable, PullConsumer
+from lifeline.kit.natsserver import NatsServer
+
+
+def unique_subject() -> str:
+    return f"events.test.{uuid.uuid4().hex[:12]}.thing"
+
+
+async def wait_for(cond, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_publish_with_same_msg_id_is_stored_once(bus: Bus) -> None:
+    subject = unique_subject()
+    first = await bus.publish(subject, b"a", msg_id="evt-1-" + subject)
+    again = await bus.publish(subject, b"a", msg_id="evt-1-" + subject)
+    assert not first.duplicate
+    assert again.duplicate and again.seq == first.seq
+    info = await bus.js.stream_info("EVENTS", subjects_filter=subject)
+    assert info.state.subjects == {subject: 1}
+
+
+async def test_consumer_gets_batches_with_trace_context(bus: Bus) -> None:
+    subject = unique_subject()
+    got: list[Msg] = []
+
+    async def handler(msgs: list[Msg]) -> None:
+        got.extend(msgs)
+
+    for i in range(25):
+        await bus.publish(subject, str(i).encode(), msg_id=f"{subject}-{i}")
+    consumer = PullConsumer(bus, stream="EVENTS", durable=f"t{uuid.uuid4().hex[:8]}", handler=handler,
+                            filter_subject=subject, batch=10)
+    consumer.start()
+    await wait_for(lambda: len(got) == 25)
+    await consumer.stop()
+    assert [m.data for m in got] == [str(i).encode() for i in range(25)]
+    assert all("traceparent" in (m.headers or {}) for m in got)
+    assert consumer.processed == 25
+
+
+async def test_poison_message_goes_to_dead_letter_and_others_pass(bus: Bus) -> None:
+    subject = unique_subject()
+    durable = f"p{uuid.uuid4().hex[:8]}"
+    good: list[bytes] = []
+
+    async def handler(msgs: list[Msg]) -> None:
+        for m in msgs:
+            if m.data == b"poison":
+                raise ValueError("cannot digest")
+        good.extend(m.data for m in msgs)
+
+    for payload in (b"1", b"poison", b"2"):
+        await bus.publish(subject, payload, msg_id=f"{subject}-{payload.decode()}")
+    consumer = PullConsumer(bus, stream="EVENTS", durable=durable, handler=handler, filter_subject=subject,
+                            batch=10, max_deliver=3, backoff=(0.05,))
+    consumer.start()
+    await wait_for(lambda: consumer.dead_lettered == 1)
+    await consumer.stop()
+    assert sorted(good) == [b"1", b"2"]
+    dlq = await bus.js.pull_subscribe(f"dlq.EVENTS.{durable}", durable=f"d{durable}", stream="DLQ")
+    [dead] = await dlq.fetch(1, timeout=5)
+    assert dead.data == b"poison"
+    assert dead.headers["Lifeline-Dlq-Subject"] == subject
+    assert "cannot digest" in dead.headers["Lifeline-Dlq-Error"]
+    assert dead.headers["Lifeline-Dlq-Deliveries"] == "3"
+
+
+async def test_publish_fails_fast_while_nats_is_down_and_recovers(bus: Bus, nats_server: NatsServer) -> None:
+    subject = unique_subject()
+    got: list[bytes] = []
+
+    async def handler(msgs: list[Msg]) -> None:
+        got.extend(m.data for m in msgs)
+
+    consumer = PullConsumer(bus, stream="EVENTS", durable=f"r{uuid.uuid4().hex[:8]}", handler=handler,
+                            filter_subject=subject)
+    consumer.start()
+    await bus.publish(subject, b"before", msg_id=f"{subject}-before")
+    await wait_for(lambda: got == [b"before"])
+    nats_server.stop()
+    try:
+        await wait_for(lambda: not bus.connected)
+        with pytest.raises(BusUnavailable):
+            await bus.publish(subject, b"during", msg_id=f"{subject}-during")
+    finally:
+        nats_server.start()
+    await wait_for(lambda: bus.connected, timeout=15)
+    await bus.publish(subject, b"after", msg_id=f"{subject}-after")
+    await wait_for(lambda: b"after" in got, timeout=15)
+    await consumer.stop()
+    assert got == [b"before", b"after"]
+
+
+async def test_bus_started_before_nats_connects_when_it_comes_up(tmp_path) -> None:
+    server = NatsServer(store_dir=tmp_path / "late")
+    b = Bus(server.url, name="late")
+    await b.start()
+    assert not b.connected
+    with pytest.raises(BusUnavailable):
+        await b.publish("events.test.x", b"x")
+    server.start()
+    try:
+        await b.wait_ready(15)
+        ack = await b.publish("events.test.late", b"x", msg_id="late-1")
+        assert ack.stream == "EVENTS"
+    finally:
+        await b.close()
+        server.stop()
