@@ -1,0 +1,189 @@
+"""How a service runs: its database, HTTP and gRPC servers, background tasks and graceful shutdown.
+
+A service subclasses ``Service`` and fills in what it serves; the launcher starts any number of them in
+one process (single-process mode) or one per process (microservices mode), sharing the process's bus
+connection and token verifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import grpc
+from fastapi import FastAPI
+
+from lifeline.kit.auth import AuthInterceptor, TokenVerifier
+from lifeline.kit.bus import Bus
+from lifeline.kit.config import InstanceSettings, ServiceSettings
+from lifeline.kit.db import Database
+from lifeline.kit.grpc import AddServicerFn, GrpcServer, start_grpc_server
+from lifeline.kit.http import HttpServer, serve_http
+from lifeline.kit.migrations import migrate
+from lifeline.kit.outbox import OutboxRelay
+
+log = logging.getLogger(__name__)
+
+
+class Background(Protocol):
+    """A long-running part of a service (consumer, relay, timer) with a start and a graceful stop."""
+
+    def start(self) -> Any: ...
+
+    async def stop(self) -> None: ...
+
+
+class Periodic:
+    """Calls `fn` every `interval` seconds until stopped; errors are logged and the loop goes on."""
+
+    def __init__(self, name: str, interval: float, fn: Callable[[], Awaitable[Any]]) -> None:
+        self.name = name
+        self.interval = interval
+        self.fn = fn
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        """Start the loop as a task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self.name)
+        return self._task
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+            if self._stop.is_set():
+                return
+            try:
+                await self.fn()
+            except Exception:
+                log.exception("periodic task %s failed", self.name)
+
+    async def stop(self) -> None:
+        """Stop after the current run."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+
+class RelayTask:
+    """Runs an OutboxRelay as a background part."""
+
+    def __init__(self, relay: OutboxRelay) -> None:
+        self.relay = relay
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        """Start relaying."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.relay.run(), name="outbox-relay")
+        return self._task
+
+    async def stop(self) -> None:
+        """Finish the batch in flight and stop."""
+        await self.relay.stop()
+        if self._task is not None:
+            await self._task
+
+
+class Service:
+    """Base of every Lifeline service; subclasses implement the hooks below."""
+
+    name: ClassVar[str] = "service"
+    settings_cls: ClassVar[type[ServiceSettings]] = ServiceSettings
+    migrations: ClassVar[Path | None] = None
+    grpc_service_names: ClassVar[Sequence[str]] = ()
+
+    def __init__(
+        self, *, instance: InstanceSettings, settings: ServiceSettings, bus: Bus, verifier: TokenVerifier
+    ) -> None:
+        self.instance = instance
+        self.settings = settings
+        self.bus = bus
+        self.verifier = verifier
+        self.database_url = settings.database_url_for(instance)
+        self.db = Database.from_url(self.database_url)
+        self.relay = OutboxRelay(self.db, self._publish_event)
+        self.db.add_commit_listener(self.relay._on_commit)
+        self.background: list[Background] = [RelayTask(self.relay)]
+        self.http: HttpServer | None = None
+        self.grpc: GrpcServer | None = None
+        self.app: FastAPI | None = None
+
+    async def _publish_event(self, subject: str, payload: bytes, msg_id: str, headers: dict[str, str]) -> None:
+        await self.bus.publish(subject, payload, msg_id=msg_id, headers=headers)
+
+    # --- hooks -------------------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Build the service's objects once the database is migrated (before anything is served)."""
+
+    def create_app(self) -> FastAPI:
+        """The service's FastAPI application."""
+        raise NotImplementedError
+
+    def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
+        """(add_XServicer_to_server, servicer) pairs."""
+        return ()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Migrate, set up, then serve HTTP and gRPC and start the background parts."""
+        if self.migrations is not None:
+            await migrate(self.database_url, self.migrations)
+        await self.setup()
+        self.app = self.create_app()
+        self.app.state.db = self.db
+        self.app.state.token_verifier = self.verifier
+        self.app.state.readiness.update({"database": self.db.ping, "bus": self._bus_ready})
+        for part in self.background:
+            part.start()
+        self.http = await serve_http(self.app, self.settings.http_host, self.settings.http_port)
+        servicers = self.grpc_servicers()
+        if servicers:
+            self.grpc = await start_grpc_server(
+                host=self.settings.http_host,
+                port=self.settings.grpc_port,
+                servicers=servicers,
+                service_names=self.grpc_service_names,
+                interceptors=[AuthInterceptor(self.verifier)],
+            )
+        log.info(
+            "service %s started",
+            self.name,
+            extra={"http": self.http.url, "grpc": self.grpc.address if self.grpc else None},
+        )
+
+    async def _bus_ready(self) -> bool:
+        return self.bus.connected
+
+    async def stop(self) -> None:
+        """Stop taking calls, let those in flight finish, stop background parts, close the database."""
+        if self.grpc is not None:
+            await self.grpc.stop(5.0)
+        if self.http is not None:
+            await self.http.stop()
+        for part in reversed(self.background):
+            try:
+                await part.stop()
+            except Exception:
+                log.exception("stopping %r failed", part)
+        await self.db.dispose()
+        log.info("service %s stopped", self.name)
+
+    @property
+    def grpc_channel_target(self) -> str:
+        """Where clients dial this service's gRPC server."""
+        if self.grpc is None:
+            raise RuntimeError("gRPC server not started")
+        return self.grpc.address
+
+    def grpc_channel(self) -> grpc.aio.Channel:
+        """An insecure channel to this service (tests, the demo)."""
+        return grpc.aio.insecure_channel(self.grpc_channel_target)

@@ -1,0 +1,90 @@
+"""The ingest service assembled: registry, validator, dedup index, edges and background parts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from lifeline.kit.bus import PullConsumer
+from lifeline.kit.grpc import AddServicerFn
+from lifeline.kit.http import create_http_app
+from lifeline.kit.runtime import Periodic, Service
+from lifeline.v1 import telemetry_pb2_grpc
+
+from .consumers import MqttHandler, PersistHandler, mqtt_topic_subject
+from .dedup import DedupIndex
+from .endpoints import router
+from .grpc import TelemetryIngestServicer, TelemetryQueryServicer
+from .registry import SensorRegistry
+from .service import IngestQueries, IngestService, readings_subject
+from .settings import IngestSettings
+from .validation import Limits, Validator
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class IngestApp(Service):
+    name = "ingest"
+    settings_cls = IngestSettings
+    migrations = MIGRATIONS
+    grpc_service_names = ("lifeline.v1.TelemetryIngest", "lifeline.v1.TelemetryQuery")
+
+    settings: IngestSettings
+
+    async def setup(self) -> None:
+        s = self.settings
+        region = self.instance.region
+        self.registry = SensorRegistry.from_files(s.sensors_file, s.quantities_file)
+        limits = Limits(
+            max_future_skew_ms=int(s.max_future_skew_s * 1000), retention_ms=int(s.retention_days * 86_400_000)
+        )
+        self.service = IngestService(
+            region=region,
+            registry=self.registry,
+            validator=Validator(self.registry, limits),
+            dedup=DedupIndex(s.dedup_per_sensor),
+            bus=self.bus,
+            db=self.db,
+            publish_timeout_s=s.publish_timeout_s,
+        )
+        await self.service.seed()
+        self.queries = IngestQueries(registry=self.registry, db=self.db)
+        self.persist_consumer = PullConsumer(
+            self.bus,
+            stream="READINGS",
+            durable=f"ingest-persist-{region}",
+            filter_subject=readings_subject(region),
+            handler=PersistHandler(self.service),
+            batch=s.consumer_batch,
+        )
+        self.mqtt_consumer = PullConsumer(
+            self.bus,
+            stream="DEVICES",
+            durable=f"ingest-mqtt-{region}",
+            filter_subject=mqtt_topic_subject(region),
+            handler=MqttHandler(self.service, self.bus, s, region),
+            batch=50,
+        )
+        self.status_timer = Periodic(
+            "ingest-offline-check",
+            s.status_check_interval_s,
+            lambda: self.service.check_offline(offline_factor=s.offline_factor),
+        )
+        self.background += [self.persist_consumer, self.mqtt_consumer, self.status_timer]
+
+    def create_app(self) -> FastAPI:
+        app = create_http_app(title="Lifeline ingest", version="0.1.0")
+        app.include_router(router)
+        app.state.ingest = self.service
+        app.state.queries = self.queries
+        app.state.settings = self.settings
+        return app
+
+    def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
+        return (
+            (telemetry_pb2_grpc.add_TelemetryIngestServicer_to_server, TelemetryIngestServicer(self.service, self.settings)),
+            (telemetry_pb2_grpc.add_TelemetryQueryServicer_to_server, TelemetryQueryServicer(self.queries)),
+        )

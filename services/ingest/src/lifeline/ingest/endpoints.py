@@ -1,0 +1,247 @@
+"""REST edge of ingest: thin; parsing and rendering only, logic in service.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from lifeline.kit import i18n
+from lifeline.kit.auth import Principal, PrincipalDep
+from lifeline.kit.bus import BusUnavailable
+from lifeline.kit.problems import ProblemError
+
+from .schemas import IngestResultPublic, LatestPublic, ReadingsIn, ReadingsPage, SensorStatusPage
+from .service import QUALITY_NAMES, STATE_NAMES, STATUS_NAME, IngestQueries, IngestService, Outcome
+from .settings import IngestSettings
+from .validation import REASON_NAME, from_json, parse_time
+
+router = APIRouter(prefix="/v1", tags=["readings"])
+
+WRITER_ROLES = ("device", "service", "admin", "operator")
+READER_ROLES = ("viewer", "operator", "partner", "service", "admin")
+
+i18n.register(
+    {
+        "ingest.bad_json": {"zh-CN": "请求体不是有效的 JSON：{error}", "en": "request body is not valid JSON: {error}"},
+        "ingest.no_readings": {
+            "zh-CN": "请求体须为 {{\"readings\": [...]}}，且至少包含一条读数",
+            "en": "body must be {{\"readings\": [...]}} with at least one reading",
+        },
+        "ingest.batch_too_large": {
+            "zh-CN": "一批最多 {max} 条读数，收到 {count} 条",
+            "en": "a batch holds at most {max} readings, got {count}",
+        },
+        "ingest.body_too_large": {
+            "zh-CN": "请求体超过 {max} 字节",
+            "en": "request body exceeds {max} bytes",
+        },
+        "ingest.bus_unavailable": {
+            "zh-CN": "消息总线暂不可用，未保存任何读数，请在 {retry_after} 秒后重试",
+            "en": "the message bus is unavailable; nothing was kept; retry in {retry_after} s",
+        },
+        "ingest.missing_role": {
+            "zh-CN": "需要以下角色之一：{roles}",
+            "en": "one of these roles is required: {roles}",
+        },
+        "ingest.bad_time": {
+            "zh-CN": "{field} 须为毫秒时间戳或带时区的 RFC 3339 时间",
+            "en": "{field} must be epoch milliseconds or RFC 3339 with an offset",
+        },
+    }
+)
+
+
+def language(request: Request) -> str:
+    return i18n.negotiate(request.headers.get("accept-language"))
+
+
+def require_any_role(principal: Principal, roles: tuple[str, ...]) -> None:
+    if not principal.has_role(*roles):
+        raise ProblemError(403, detail="ingest.missing_role", params={"roles": ", ".join(roles)})
+
+
+def get_service(request: Request) -> IngestService:
+    return request.app.state.ingest  # type: ignore[no-any-return]
+
+
+def get_queries(request: Request) -> IngestQueries:
+    return request.app.state.queries  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> IngestSettings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+ServiceDep = Annotated[IngestService, Depends(get_service)]
+QueriesDep = Annotated[IngestQueries, Depends(get_queries)]
+SettingsDep = Annotated[IngestSettings, Depends(get_settings)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ProblemError(413, detail="ingest.body_too_large", params={"max": limit})
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ProblemError(413, detail="ingest.body_too_large", params={"max": limit})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_batch(body: bytes, max_batch: int) -> list[Any]:
+    """The `readings` list of a JSON body, or a problem for the whole request."""
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ProblemError(400, detail="ingest.bad_json", params={"error": str(exc)}) from exc
+    items = doc.get("readings") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not items:
+        raise ProblemError(400, detail="ingest.no_readings")
+    if len(items) > max_batch:
+        raise ProblemError(413, detail="ingest.batch_too_large", params={"max": max_batch, "count": len(items)})
+    return items
+
+
+def render_results(outcomes: list[Outcome], lang: str) -> dict[str, Any]:
+    """The per-reading results as the JSON the REST and MQTT edges return."""
+    results: list[dict[str, Any]] = []
+    counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+    for i, o in enumerate(outcomes):
+        name = STATUS_NAME[o.status]
+        counts[name] += 1
+        if o.rejection is None:
+            results.append({"index": i, "status": name})
+        else:
+            results.append(
+                {
+                    "index": i,
+                    "status": name,
+                    "reason": REASON_NAME[o.rejection.reason],
+                    "detail": o.rejection.detail(lang),
+                }
+            )
+    return {
+        "results": results,
+        "accepted": counts["accepted"],
+        "duplicates": counts["duplicate"],
+        "rejected": counts["rejected"],
+    }
+
+
+async def ingest_items(
+    service: IngestService, items: list[Any], principal: Principal, retry_after_s: int
+) -> list[Outcome]:
+    """Run the batch through the service; a bus outage becomes 503 with Retry-After."""
+    try:
+        return await service.ingest([from_json(x) for x in items], principal)
+    except BusUnavailable as exc:
+        raise ProblemError(
+            503, detail="ingest.bus_unavailable", retry_after=retry_after_s, params={"retry_after": retry_after_s}
+        ) from exc
+
+
+@router.post(
+    "/readings",
+    response_model=IngestResultPublic,
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": ReadingsIn.model_json_schema()}}}},
+    summary="Submit a batch of readings",
+)
+async def post_readings(
+    request: Request, principal: PrincipalDep, service: ServiceDep, settings: SettingsDep
+) -> Response:
+    """Validate and accept readings; each gets accepted, duplicate or rejected with a reason."""
+    require_any_role(principal, WRITER_ROLES)
+    items = parse_batch(await read_body(request, settings.max_body_bytes), settings.max_batch)
+    outcomes = await ingest_items(service, items, principal, settings.retry_after_s)
+    return Response(msgspec.json.encode(render_results(outcomes, language(request))), media_type="application/json")
+
+
+def time_param(raw: str | None, field: str) -> int | None:
+    if raw is None or raw == "":
+        return None
+    ts = parse_time(int(raw)) if raw.lstrip("-").isdigit() else parse_time(raw)
+    if ts is None:
+        raise ProblemError(400, detail="ingest.bad_time", params={"field": field})
+    return ts
+
+
+def stored_public(row: Any) -> dict[str, Any]:
+    return {
+        "sensor_id": row.sensor_id,
+        "device_time_ms": row.device_time_ms,
+        "time": datetime.fromtimestamp(row.device_time_ms / 1000, UTC).isoformat(timespec="milliseconds"),
+        "value": row.value,
+        "unit": row.unit,
+        "quality": QUALITY_NAMES.get(row.quality, "good"),
+        "received_ms": row.received_ms,
+    }
+
+
+@router.get("/sensors/status", response_model=SensorStatusPage, summary="Online / offline / never seen")
+async def sensor_status(
+    principal: PrincipalDep,
+    queries: QueriesDep,
+    state: Annotated[str | None, Query(pattern="^(online|offline|never_seen)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    page_token: str | None = None,
+) -> dict[str, Any]:
+    require_any_role(principal, READER_ROLES)
+    wanted = {v: k for k, v in STATE_NAMES.items()}.get(state) if state else None
+    items, token = await queries.statuses(principal=principal, state=wanted, limit=limit, page_token=page_token)
+    return {
+        "sensors": [
+            {
+                "sensor_id": s.sensor_id,
+                "region": s.region,
+                "state": STATE_NAMES[s.state],
+                "last_seen_ms": s.last_seen_ms or None,
+                "last_device_time_ms": s.last_device_time_ms or None,
+                "interval_s": s.interval_s,
+            }
+            for s in items
+        ],
+        "next_page_token": token,
+    }
+
+
+@router.get("/sensors/{sensor_id}/readings", response_model=ReadingsPage, summary="Readings by device time")
+async def sensor_readings(
+    sensor_id: str,
+    principal: PrincipalDep,
+    queries: QueriesDep,
+    from_: Annotated[str | None, Query(alias="from")] = None,
+    to: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    page_token: str | None = None,
+) -> dict[str, Any]:
+    require_any_role(principal, READER_ROLES)
+    rows, token = await queries.readings(
+        sensor_id=sensor_id,
+        principal=principal,
+        from_ms=time_param(from_, "from"),
+        to_ms=time_param(to, "to"),
+        limit=limit,
+        page_token=page_token,
+    )
+    return {"readings": [stored_public(r) for r in rows], "next_page_token": token}
+
+
+@router.get("/sensors/{sensor_id}/latest", response_model=LatestPublic, summary="Latest value by device time")
+async def sensor_latest(sensor_id: str, principal: PrincipalDep, queries: QueriesDep) -> dict[str, Any]:
+    require_any_role(principal, READER_ROLES)
+    row = await queries.latest(sensor_id=sensor_id, principal=principal)
+    return {
+        "sensor_id": sensor_id,
+        "reading": stored_public(row),
+        "last_seen_ms": row.last_seen_ms,
+        "state": STATE_NAMES.get(row.state, "online"),
+    }
+
+

@@ -1,0 +1,134 @@
+"""Every query of the ingest service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, case, func, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from lifeline.v1 import telemetry_pb2
+
+from .models import SensorLatest, StoredReadingRow, latest_table, readings_table
+
+ONLINE = telemetry_pb2.SENSOR_STATE_ONLINE
+OFFLINE = telemetry_pb2.SENSOR_STATE_OFFLINE
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+async def insert_readings(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Store readings; one already stored under the same (sensor, device time) is left as it was."""
+    if rows:
+        stmt = _insert(session, readings_table).on_conflict_do_nothing(
+            index_elements=["sensor_id", "device_time_ms"]
+        )
+        await session.execute(stmt, list(rows))
+
+
+async def upsert_latest(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Move each sensor's latest value forward by device time (never back) and its last-seen time."""
+    if not rows:
+        return
+    ins = _insert(session, latest_table)
+    ex = ins.excluded
+    t = latest_table.c
+    newer = ex.device_time_ms > t.device_time_ms
+
+    def pick(col: str) -> Any:
+        return case((newer, getattr(ex, col)), else_=getattr(t, col))
+
+    stmt = ins.on_conflict_do_update(
+        index_elements=["sensor_id"],
+        set_={
+            "device_time_ms": pick("device_time_ms"),
+            "value": pick("value"),
+            "unit": pick("unit"),
+            "quality": pick("quality"),
+            "received_ms": pick("received_ms"),
+            "last_seen_ms": case((ex.last_seen_ms > t.last_seen_ms, ex.last_seen_ms), else_=t.last_seen_ms),
+            "state": ONLINE,
+            "state_changed_ms": case((t.state == ONLINE, t.state_changed_ms), else_=ex.state_changed_ms),
+        },
+    )
+    await session.execute(stmt, list(rows))
+
+
+async def offline_among(*, session: AsyncSession, sensor_ids: Iterable[str]) -> set[str]:
+    """Which of these sensors are marked offline now."""
+    ids = list(sensor_ids)
+    if not ids:
+        return set()
+    res = await session.execute(
+        select(latest_table.c.sensor_id).where(latest_table.c.state == OFFLINE, latest_table.c.sensor_id.in_(ids))
+    )
+    return {r[0] for r in res}
+
+
+async def lookup_values(
+    *, session: AsyncSession, keys: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], float]:
+    """Stored values for these (sensor, device time) keys, where they exist."""
+    if not keys:
+        return {}
+    c = readings_table.c
+    res = await session.execute(
+        select(c.sensor_id, c.device_time_ms, c.value).where(tuple_(c.sensor_id, c.device_time_ms).in_(list(keys)))
+    )
+    return {(r[0], r[1]): r[2] for r in res}
+
+
+async def latest_device_times(*, session: AsyncSession) -> dict[str, int]:
+    """Greatest stored device time per sensor (seeds the front door's dedup index)."""
+    res = await session.execute(select(latest_table.c.sensor_id, latest_table.c.device_time_ms))
+    return {r[0]: r[1] for r in res}
+
+
+async def list_readings(
+    *, session: AsyncSession, sensor_id: str, from_ms: int | None, to_ms: int | None, after_ms: int | None, limit: int
+) -> list[StoredReadingRow]:
+    """A page of a sensor's readings in device-time order."""
+    c = readings_table.c
+    conds = [c.sensor_id == sensor_id]
+    if from_ms is not None:
+        conds.append(c.device_time_ms >= from_ms)
+    if to_ms is not None:
+        conds.append(c.device_time_ms < to_ms)
+    if after_ms is not None:
+        conds.append(c.device_time_ms > after_ms)
+    stmt = select(StoredReadingRow).where(and_(*conds)).order_by(c.device_time_ms).limit(limit)
+    return list((await session.exec(stmt)).all())  # type: ignore[call-overload]
+
+
+async def get_latest(*, session: AsyncSession, sensor_id: str) -> SensorLatest | None:
+    """A sensor's latest reading and state."""
+    return await session.get(SensorLatest, sensor_id)
+
+
+async def all_latest(*, session: AsyncSession) -> list[SensorLatest]:
+    """Every sensor's latest row (a city has thousands of sensors, not millions)."""
+    return list((await session.exec(select(SensorLatest))).all())  # type: ignore[call-overload]
+
+
+async def mark_offline(*, session: AsyncSession, sensor_ids: Sequence[str], now_ms: int) -> list[str]:
+    """Mark online sensors offline; returns those that changed (another replica may have done it)."""
+    if not sensor_ids:
+        return []
+    c = latest_table.c
+    res = await session.execute(
+        update(latest_table)
+        .where(c.sensor_id.in_(list(sensor_ids)), c.state == ONLINE)
+        .values(state=OFFLINE, state_changed_ms=now_ms)
+        .returning(c.sensor_id)
+    )
+    return [r[0] for r in res]
+
+
+async def count_readings(*, session: AsyncSession) -> int:
+    """Number of stored readings."""
+    return int((await session.execute(select(func.count()).select_from(readings_table))).scalar_one())

@@ -1,0 +1,388 @@
+"""Ingest logic: validate, deduplicate, publish accepted readings; persist them; track sensor status.
+
+The front door acknowledges a batch only after JetStream has acknowledged its accepted readings; the
+persisting consumer stores them idempotently. Nothing here commits: the edges own the transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import metrics, trace
+
+from lifeline.kit import i18n
+from lifeline.kit.auth import Principal
+from lifeline.kit.bus import Bus
+from lifeline.kit.db import Database
+from lifeline.kit.outbox import enqueue
+from lifeline.kit.problems import ProblemError
+from lifeline.v1 import telemetry_pb2
+
+from . import repository
+from .dedup import NEW, UNKNOWN, DedupIndex
+from .registry import RegisteredSensor, SensorRegistry
+from .validation import Candidate, Rejection, Validator
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("lifeline.ingest")
+meter = metrics.get_meter("lifeline.ingest")
+readings_counter = meter.create_counter("lifeline_ingest_readings", description="Readings by outcome")
+persisted_counter = meter.create_counter("lifeline_ingest_persisted_readings", description="Readings stored")
+
+ACCEPTED = telemetry_pb2.READING_STATUS_ACCEPTED
+DUPLICATE = telemetry_pb2.READING_STATUS_DUPLICATE
+REJECTED = telemetry_pb2.READING_STATUS_REJECTED
+CONFLICT = telemetry_pb2.REJECT_REASON_CONFLICT
+STATUS_NAME = {ACCEPTED: "accepted", DUPLICATE: "duplicate", REJECTED: "rejected"}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: int
+    rejection: Rejection | None = None
+
+
+ACCEPTED_OUTCOME = Outcome(ACCEPTED)
+DUPLICATE_OUTCOME = Outcome(DUPLICATE)
+
+
+def readings_subject(region: str) -> str:
+    return f"readings.{region}"
+
+
+def status_subject(region: str) -> str:
+    return f"events.ingest.sensor_status.{region}"
+
+
+class IngestService:
+    def __init__(
+        self,
+        *,
+        region: str,
+        registry: SensorRegistry,
+        validator: Validator,
+        dedup: DedupIndex,
+        bus: Bus,
+        db: Database,
+        publish_timeout_s: float = 5.0,
+    ) -> None:
+        self.region = region
+        self.registry = registry
+        self.validator = validator
+        self.dedup = dedup
+        self.bus = bus
+        self.db = db
+        self.publish_timeout_s = publish_timeout_s
+        # Serialises the storage look-up + reservation step so concurrent batches cannot both accept
+        # the same late reading; the common (in-memory) path never waits on it for long.
+        self._lookup_lock = asyncio.Lock()
+
+    async def seed(self) -> None:
+        """Start the dedup index above what storage holds."""
+        async with self.db.transaction() as session:
+            latest = await repository.latest_device_times(session=session)
+        for sensor_id, ts in latest.items():
+            self.dedup.seed(sensor_id, ts)
+
+    async def ingest(
+        self, items: Sequence[tuple[str, int, Any, str, Any] | Rejection], principal: Principal
+    ) -> list[Outcome]:
+        """Judge every reading; publish the accepted ones; raise BusUnavailable with nothing kept."""
+        now = now_ms()
+        outcomes: list[Outcome | None] = [None] * len(items)
+        candidates: list[tuple[int, Candidate]] = []
+        check = self.validator.check
+        for i, item in enumerate(items):
+            res = item if isinstance(item, Rejection) else check(item, principal, now)
+            if isinstance(res, Rejection):
+                outcomes[i] = Outcome(REJECTED, res)
+            else:
+                candidates.append((i, res))
+
+        accepted: list[Candidate] = []
+        dedup = self.dedup
+        pending: list[tuple[int, Candidate]] = []
+        seen_in_batch: dict[tuple[str, int], float] = {}
+        for i, c in candidates:
+            key = (c.sensor_id, c.device_time_ms)
+            prior = seen_in_batch.get(key)
+            if prior is None:
+                prior = dedup.lookup(c.sensor_id, c.device_time_ms)
+            if prior is NEW:
+                seen_in_batch[key] = c.value
+                dedup.reserve(c.sensor_id, c.device_time_ms, c.value)
+                accepted.append(c)
+                outcomes[i] = ACCEPTED_OUTCOME
+            elif prior is UNKNOWN:
+                pending.append((i, c))
+            else:
+                outcomes[i] = self._judge_repeat(c, prior)  # type: ignore[arg-type]
+        if pending:
+            async with self._lookup_lock:
+                await self._resolve_in_storage(pending, outcomes, accepted, seen_in_batch)
+
+        if accepted:
+            try:
+                await self._publish(accepted, now)
+            except BaseException:
+                for c in accepted:
+                    dedup.release(c.sensor_id, c.device_time_ms)
+                raise
+        result = [o for o in outcomes if o is not None]
+        assert len(result) == len(items)
+        readings_counter.add(len(accepted), {"outcome": "accepted"})
+        if len(accepted) != len(items):
+            for o in result:
+                if o.status != ACCEPTED:
+                    readings_counter.add(1, {"outcome": STATUS_NAME[o.status]})
+        return result
+
+    @staticmethod
+    def _judge_repeat(c: Candidate, prior: float) -> Outcome:
+        if prior == c.value:
+            return DUPLICATE_OUTCOME
+        return Outcome(REJECTED, Rejection(CONFLICT, {"original": prior}))
+
+    async def _resolve_in_storage(
+        self,
+        pending: list[tuple[int, Candidate]],
+        outcomes: list[Outcome | None],
+        accepted: list[Candidate],
+        seen_in_batch: dict[tuple[str, int], float],
+    ) -> None:
+        keys = [(c.sensor_id, c.device_time_ms) for _, c in pending]
+        async with self.db.transaction() as session:
+            stored = await repository.lookup_values(session=session, keys=keys)
+        for i, c in pending:
+            key = (c.sensor_id, c.device_time_ms)
+            # Memory may have learned of it while we awaited storage.
+            prior: Any = seen_in_batch.get(key, stored.get(key))
+            if prior is None:
+                mem = self.dedup.lookup(c.sensor_id, c.device_time_ms)
+                prior = None if mem is NEW or mem is UNKNOWN else mem
+            if prior is None:
+                seen_in_batch[key] = c.value
+                self.dedup.reserve(c.sensor_id, c.device_time_ms, c.value)
+                accepted.append(c)
+                outcomes[i] = ACCEPTED_OUTCOME
+            else:
+                outcomes[i] = self._judge_repeat(c, prior)
+
+    async def _publish(self, accepted: list[Candidate], received_ms: int) -> None:
+        msg = telemetry_pb2.ReadingsAccepted(region=self.region, received_time_ms=received_ms)
+        add = msg.readings.add
+        for c in accepted:
+            add(sensor_id=c.sensor_id, device_time_ms=c.device_time_ms, value=c.value, unit=c.unit, quality=c.quality)
+        payload = msg.SerializeToString()
+        # The id covers the readings, not the arrival time: a client's retry after a lost answer
+        # republishes the same content, which JetStream then drops within its duplicate window.
+        digest = hashlib.blake2b(msg.readings[0].SerializeToString(), digest_size=8)
+        for r in msg.readings[1:]:
+            digest.update(r.SerializeToString())
+        await self.bus.publish(
+            readings_subject(self.region),
+            payload,
+            msg_id=f"readings:{digest.hexdigest()}:{len(accepted)}",
+            timeout=self.publish_timeout_s,
+        )
+
+    # --- persistence (the READINGS consumer) -------------------------------------------------------
+
+    async def persist(self, batches: Sequence[telemetry_pb2.ReadingsAccepted]) -> None:
+        """Store accepted readings idempotently, move latest values, and bring silent sensors back."""
+        rows: list[dict[str, Any]] = []
+        latest: dict[str, dict[str, Any]] = {}
+        for batch in batches:
+            received = batch.received_time_ms
+            region = batch.region
+            for r in batch.readings:
+                row = {
+                    "sensor_id": r.sensor_id,
+                    "device_time_ms": r.device_time_ms,
+                    "value": r.value,
+                    "unit": r.unit,
+                    "quality": r.quality,
+                    "received_ms": received,
+                    "region": region,
+                }
+                rows.append(row)
+                cur = latest.get(r.sensor_id)
+                if cur is None or r.device_time_ms > cur["device_time_ms"]:
+                    latest[r.sensor_id] = {**row, "last_seen_ms": received, "state": 1, "state_changed_ms": received}
+                elif received > cur["last_seen_ms"]:
+                    cur["last_seen_ms"] = received
+        with tracer.start_as_current_span("ingest.persist") as span:
+            span.set_attribute("lifeline.readings", len(rows))
+            async with self.db.transaction() as session:
+                back_online = await repository.offline_among(session=session, sensor_ids=latest.keys())
+                await repository.insert_readings(session=session, rows=rows)
+                await repository.upsert_latest(session=session, rows=list(latest.values()))
+                for sensor_id in sorted(back_online):
+                    self._enqueue_status(session, sensor_id, telemetry_pb2.SENSOR_STATE_ONLINE,
+                                         latest[sensor_id]["last_seen_ms"], latest[sensor_id]["last_seen_ms"])
+        persisted_counter.add(len(rows))
+
+    def _enqueue_status(self, session: Any, sensor_id: str, state: int, last_seen_ms: int, changed_ms: int) -> None:
+        sensor = self.registry.get(sensor_id)
+        region = sensor.region if sensor else self.region
+        event = telemetry_pb2.SensorStatusChanged(
+            sensor_id=sensor_id, region=region, state=state, last_seen_ms=last_seen_ms, changed_ms=changed_ms
+        )
+        enqueue(
+            session,
+            subject=status_subject(region),
+            payload=event,
+            event_id=f"sensor-status:{sensor_id}:{state}:{changed_ms}",
+        )
+
+    async def check_offline(self, *, offline_factor: float, at_ms: int | None = None) -> list[str]:
+        """Mark sensors that missed `offline_factor` reporting intervals offline and announce it."""
+        now = at_ms if at_ms is not None else now_ms()
+        async with self.db.transaction() as session:
+            rows = await repository.all_latest(session=session)
+            late = []
+            for row in rows:
+                sensor = self.registry.get(row.sensor_id)
+                if sensor is None or row.state != telemetry_pb2.SENSOR_STATE_ONLINE:
+                    continue
+                if now - row.last_seen_ms > sensor.spec.interval_s * 1000 * offline_factor:
+                    late.append(row.sensor_id)
+            changed = await repository.mark_offline(session=session, sensor_ids=late, now_ms=now)
+            last_seen = {r.sensor_id: r.last_seen_ms for r in rows}
+            for sensor_id in sorted(changed):
+                self._enqueue_status(session, sensor_id, telemetry_pb2.SENSOR_STATE_OFFLINE, last_seen[sensor_id], now)
+        return changed
+
+
+# --- reads ------------------------------------------------------------------------------------------
+
+QUALITY_NAMES = {0: "good", 1: "good", 2: "suspect", 3: "bad", 4: "maintenance"}
+STATE_NAMES = {
+    telemetry_pb2.SENSOR_STATE_ONLINE: "online",
+    telemetry_pb2.SENSOR_STATE_OFFLINE: "offline",
+    telemetry_pb2.SENSOR_STATE_NEVER_SEEN: "never_seen",
+}
+MAX_PAGE = 10_000
+
+
+def encode_token(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProblemError(400, detail="ingest.bad_page_token") from exc
+
+
+i18n.register(
+    {
+        "ingest.bad_page_token": {"zh-CN": "分页标记无效", "en": "invalid page token"},
+        "ingest.sensor_not_found": {"zh-CN": "传感器 {sensor} 不存在", "en": "sensor {sensor} does not exist"},
+        "ingest.sensor_forbidden": {
+            "zh-CN": "无权查看区域 {region} 的传感器",
+            "en": "not allowed to read sensors of region {region}",
+        },
+        "ingest.no_reading": {"zh-CN": "传感器 {sensor} 尚无读数", "en": "sensor {sensor} has no reading yet"},
+        "ingest.bad_limit": {"zh-CN": "limit 须在 1 到 {max} 之间", "en": "limit must be between 1 and {max}"},
+        "ingest.bad_range": {"zh-CN": "from 必须早于 to", "en": "from must be before to"},
+    }
+)
+
+
+class IngestQueries:
+    """Region-scoped reads of stored readings, latest values and sensor status."""
+
+    def __init__(self, *, registry: SensorRegistry, db: Database) -> None:
+        self.registry = registry
+        self.db = db
+
+    def _visible_sensor(self, sensor_id: str, principal: Principal) -> RegisteredSensor:
+        sensor = self.registry.get(sensor_id)
+        if sensor is None:
+            raise ProblemError(404, detail="ingest.sensor_not_found", params={"sensor": sensor_id})
+        if not principal.sees(sensor.region):
+            raise ProblemError(403, detail="ingest.sensor_forbidden", params={"region": sensor.region})
+        return sensor
+
+    async def readings(
+        self,
+        *,
+        sensor_id: str,
+        principal: Principal,
+        from_ms: int | None,
+        to_ms: int | None,
+        limit: int,
+        page_token: str | None,
+    ) -> tuple[list[Any], str | None]:
+        """A page of a sensor's readings ordered by device time, and the token of the next page."""
+        self._visible_sensor(sensor_id, principal)
+        if not 1 <= limit <= MAX_PAGE:
+            raise ProblemError(400, detail="ingest.bad_limit", params={"max": MAX_PAGE})
+        if from_ms is not None and to_ms is not None and from_ms >= to_ms:
+            raise ProblemError(400, detail="ingest.bad_range")
+        after = None
+        if page_token:
+            raw = decode_token(page_token)
+            if not raw.lstrip("-").isdigit():
+                raise ProblemError(400, detail="ingest.bad_page_token")
+            after = int(raw)
+        async with self.db.transaction() as session:
+            rows = await repository.list_readings(
+                session=session, sensor_id=sensor_id, from_ms=from_ms, to_ms=to_ms, after_ms=after, limit=limit + 1
+            )
+        next_token = encode_token(str(rows[limit - 1].device_time_ms)) if len(rows) > limit else None
+        return rows[:limit], next_token
+
+    async def latest(self, *, sensor_id: str, principal: Principal) -> Any:
+        """The sensor's latest reading by device time (404 if it never reported)."""
+        self._visible_sensor(sensor_id, principal)
+        async with self.db.transaction() as session:
+            row = await repository.get_latest(session=session, sensor_id=sensor_id)
+        if row is None:
+            raise ProblemError(404, detail="ingest.no_reading", params={"sensor": sensor_id})
+        return row
+
+    async def statuses(
+        self, *, principal: Principal, state: int | None, limit: int, page_token: str | None
+    ) -> tuple[list[telemetry_pb2.SensorStatus], str | None]:
+        """Online / offline / never-seen status of the sensors the principal may see, by sensor id."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ProblemError(400, detail="ingest.bad_limit", params={"max": MAX_PAGE})
+        after = decode_token(page_token) if page_token else ""
+        async with self.db.transaction() as session:
+            latest = {r.sensor_id: r for r in await repository.all_latest(session=session)}
+        out: list[telemetry_pb2.SensorStatus] = []
+        for sensor in sorted(self.registry, key=lambda s: s.sensor_id):
+            if sensor.sensor_id <= after or not principal.sees(sensor.region):
+                continue
+            row = latest.get(sensor.sensor_id)
+            st = row.state if row else telemetry_pb2.SENSOR_STATE_NEVER_SEEN
+            if state and st != state:
+                continue
+            out.append(
+                telemetry_pb2.SensorStatus(
+                    sensor_id=sensor.sensor_id,
+                    region=sensor.region,
+                    state=st,
+                    last_seen_ms=row.last_seen_ms if row else 0,
+                    last_device_time_ms=row.device_time_ms if row else 0,
+                    interval_s=int(sensor.spec.interval_s),
+                )
+            )
+            if len(out) > limit:
+                break
+        next_token = encode_token(out[limit - 1].sensor_id) if len(out) > limit else None
+        return out[:limit], next_token

@@ -1,0 +1,209 @@
+"""Validation of incoming readings: the same rules for REST, gRPC and MQTT.
+
+The hot path: plain tuples and ints, no pydantic per reading. A reading is normalised to
+``Candidate`` (sensor id, device time, value in the sensor's canonical unit, quality) or rejected with a
+``RejectReason`` and parameters that the edge renders in the caller's language.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from lifeline.kit import i18n
+from lifeline.kit.auth import Principal
+from lifeline.kit.catalogue import UnitError
+from lifeline.v1 import common_pb2, telemetry_pb2
+
+from .registry import SensorRegistry
+
+R = telemetry_pb2
+QUALITY_BY_NAME = {
+    "good": common_pb2.QUALITY_GOOD,
+    "suspect": common_pb2.QUALITY_SUSPECT,
+    "bad": common_pb2.QUALITY_BAD,
+    "maintenance": common_pb2.QUALITY_MAINTENANCE,
+}
+QUALITY_NAME = {v: k for k, v in QUALITY_BY_NAME.items()}
+VALID_QUALITIES = frozenset(QUALITY_BY_NAME.values())
+
+REASON_NAME = {
+    R.REJECT_REASON_MALFORMED: "malformed",
+    R.REJECT_REASON_UNKNOWN_SENSOR: "unknown_sensor",
+    R.REJECT_REASON_SENSOR_RETIRED: "sensor_retired",
+    R.REJECT_REASON_NOT_FINITE: "not_finite",
+    R.REJECT_REASON_OUT_OF_RANGE: "out_of_range",
+    R.REJECT_REASON_UNIT_MISMATCH: "unit_mismatch",
+    R.REJECT_REASON_TIME_IN_FUTURE: "time_in_future",
+    R.REJECT_REASON_TIME_TOO_OLD: "time_too_old",
+    R.REJECT_REASON_BAD_QUALITY_FLAG: "bad_quality_flag",
+    R.REJECT_REASON_CONFLICT: "conflict",
+    R.REJECT_REASON_FORBIDDEN_REGION: "forbidden_region",
+}
+
+i18n.register(
+    {
+        "ingest.malformed": {"zh-CN": "读数格式错误：{problem}", "en": "malformed reading: {problem}"},
+        "ingest.unknown_sensor": {"zh-CN": "未登记的传感器 {sensor}", "en": "sensor {sensor} is not registered"},
+        "ingest.sensor_retired": {"zh-CN": "传感器 {sensor} 已停用", "en": "sensor {sensor} is retired"},
+        "ingest.not_finite": {"zh-CN": "数值必须是有限数", "en": "value must be a finite number"},
+        "ingest.out_of_range": {
+            "zh-CN": "数值 {value} 超出物理量程 [{low}, {high}] {unit}",
+            "en": "value {value} is outside the physical range [{low}, {high}] {unit}",
+        },
+        "ingest.unit_mismatch": {
+            "zh-CN": "单位 {unit} 不适用于 {quantity}（应为 {expected}）",
+            "en": "unit {unit} does not fit {quantity} (expected {expected})",
+        },
+        "ingest.time_in_future": {
+            "zh-CN": "设备时间比当前时间超前 {skew} 秒以上",
+            "en": "device time is more than {skew} s in the future",
+        },
+        "ingest.time_too_old": {
+            "zh-CN": "设备时间早于保留期（{days} 天）",
+            "en": "device time is older than the retention ({days} days)",
+        },
+        "ingest.bad_quality_flag": {
+            "zh-CN": "质量标志 {quality} 无效（good、suspect、bad、maintenance）",
+            "en": "quality flag {quality} is not one of good, suspect, bad, maintenance",
+        },
+        "ingest.conflict": {
+            "zh-CN": "该时刻已有不同数值 {original}，保留原值",
+            "en": "a different value {original} was already accepted for this time; the original is kept",
+        },
+        "ingest.forbidden_region": {
+            "zh-CN": "无权写入区域 {region} 的传感器",
+            "en": "not allowed to write sensors of region {region}",
+        },
+        "ingest.duplicate": {"zh-CN": "重复读数，已忽略", "en": "duplicate reading, nothing changed"},
+    }
+)
+
+
+class Candidate(NamedTuple):
+    """A valid reading in canonical form (value in the quantity's canonical unit)."""
+
+    sensor_id: str
+    device_time_ms: int
+    value: float
+    unit: str
+    quality: int
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: int
+    params: Mapping[str, Any]
+
+    def detail(self, lang: str) -> str:
+        return i18n.t(f"ingest.{REASON_NAME[self.reason]}", lang, **self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_future_skew_ms: int
+    retention_ms: int
+
+
+def _malformed(problem: str) -> Rejection:
+    return Rejection(R.REJECT_REASON_MALFORMED, {"problem": problem})
+
+
+def parse_time(raw: Any) -> int | None:
+    """Device time from epoch milliseconds (int) or an RFC 3339 string with an offset."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str):
+        try:
+            dt = datetime.fromisoformat(raw)
+        except ValueError:
+            return None
+        if dt.tzinfo is None:
+            return None
+        return int(dt.timestamp() * 1000)
+    return None
+
+
+def from_json(item: Any) -> tuple[str, int, Any, str, Any] | Rejection:
+    """Pick the fields of one JSON reading (REST body or MQTT message) without judging them yet."""
+    if not isinstance(item, dict):
+        return _malformed("reading must be an object")
+    sensor_id = item.get("sensor_id")
+    if not isinstance(sensor_id, str) or not sensor_id:
+        return _malformed("sensor_id must be a non-empty string")
+    raw_time = item.get("device_time_ms", item.get("time"))
+    ts = parse_time(raw_time)
+    if ts is None:
+        return _malformed("device_time_ms (epoch ms) or time (RFC 3339 with offset) is required")
+    value = item.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, str) and value.lower() in {"nan", "inf", "-inf", "infinity", "-infinity"}:
+            value = float(value)
+        else:
+            return _malformed("value must be a number")
+    unit = item.get("unit") or ""
+    if not isinstance(unit, str):
+        return _malformed("unit must be a string")
+    quality = item.get("quality", "good")
+    q = QUALITY_BY_NAME.get(quality) if isinstance(quality, str) else None
+    return (sensor_id, ts, value, unit, q if q is not None else quality)
+
+
+def from_proto(reading: telemetry_pb2.Reading) -> tuple[str, int, Any, str, Any] | Rejection:
+    """Pick the fields of one protobuf reading."""
+    if not reading.sensor_id:
+        return _malformed("sensor_id must be a non-empty string")
+    quality = reading.quality or common_pb2.QUALITY_GOOD
+    return (reading.sensor_id, reading.device_time_ms, reading.value, reading.unit, quality)
+
+
+class Validator:
+    """Applies the registry, the physical range, units, time window and quality rules."""
+
+    def __init__(self, registry: SensorRegistry, limits: Limits) -> None:
+        self.registry = registry
+        self.limits = limits
+
+    def check(
+        self, fields: tuple[str, int, Any, str, Any], principal: Principal, now_ms: int
+    ) -> Candidate | Rejection:
+        sensor_id, ts, value, unit, quality = fields
+        sensor = self.registry.get(sensor_id)
+        if sensor is None:
+            return Rejection(R.REJECT_REASON_UNKNOWN_SENSOR, {"sensor": sensor_id})
+        if not principal.sees(sensor.region):
+            return Rejection(R.REJECT_REASON_FORBIDDEN_REGION, {"region": sensor.region})
+        if not sensor.active:
+            return Rejection(R.REJECT_REASON_SENSOR_RETIRED, {"sensor": sensor_id})
+        if quality not in VALID_QUALITIES:
+            return Rejection(R.REJECT_REASON_BAD_QUALITY_FLAG, {"quality": quality})
+        if ts > now_ms + self.limits.max_future_skew_ms:
+            return Rejection(R.REJECT_REASON_TIME_IN_FUTURE, {"skew": self.limits.max_future_skew_ms // 1000})
+        if ts < now_ms - self.limits.retention_ms:
+            return Rejection(R.REJECT_REASON_TIME_TOO_OLD, {"days": self.limits.retention_ms // 86_400_000})
+        value = float(value)
+        if not math.isfinite(value):
+            return Rejection(R.REJECT_REASON_NOT_FINITE, {})
+        quantity = sensor.quantity
+        if unit and unit != quantity.unit:
+            try:
+                value = quantity.convert(value, unit)
+            except UnitError:
+                return Rejection(
+                    R.REJECT_REASON_UNIT_MISMATCH,
+                    {"unit": unit, "quantity": quantity.code, "expected": quantity.unit},
+                )
+        low, high = sensor.range
+        if not low <= value <= high:
+            return Rejection(
+                R.REJECT_REASON_OUT_OF_RANGE, {"value": value, "low": low, "high": high, "unit": quantity.unit}
+            )
+        return Candidate(sensor_id, ts, value, quantity.unit, quality, sensor.region)
