@@ -1,0 +1,302 @@
+"""grpc.aio servers with health, reflection, tracing and problem details; problems on the client side.
+
+A servicer reports an error to the client by raising :class:`~lifeline.kit.problems.ProblemError` (mapped
+to a gRPC status code) or by calling :func:`abort_with_problem`; either way the client receives the
+``lifeline.v1.Problem`` in the rich status (``grpc-status-details-bin``) and reads it back with
+:func:`problem_from_rpc_error`. Unexpected exceptions become INTERNAL without leaking their text.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, NoReturn
+
+import grpc
+import grpc.aio
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health as health_module
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from lifeline.kit.i18n import DEFAULT_LANGUAGE, negotiate
+from lifeline.kit.problems import ProblemError
+from lifeline.kit.telemetry import current_trace_id, grpc_server_interceptors
+from lifeline.v1 import common_pb2
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "GRPC_DETAILS_METADATA_KEY",
+    "GrpcServer",
+    "abort_with_problem",
+    "grpc_code_for_status",
+    "problem_from_rpc_error",
+    "start_grpc_server",
+]
+
+DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+GRPC_DETAILS_METADATA_KEY: Final = "grpc-status-details-bin"
+HEALTH_SERVICE: Final[str] = health_module.SERVICE_NAME
+REFLECTION_SERVICE: Final[str] = reflection.SERVICE_NAME
+
+_log = logging.getLogger(__name__)
+
+AddServicerFn = Callable[[Any, grpc.aio.Server], None]
+
+_CODES_BY_STATUS: Final = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    412: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def grpc_code_for_status(status: int) -> grpc.StatusCode:
+    """The gRPC status code matching an HTTP status (google.rpc.Code's documented mapping)."""
+    code = _CODES_BY_STATUS.get(status)
+    if code is not None:
+        return code
+    if 400 <= status < 500:
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.UNKNOWN
+
+
+def _metadata_language(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "accept-language" and isinstance(value, str):
+            return negotiate(value)
+    return DEFAULT_LANGUAGE
+
+
+async def abort_with_problem(
+    context: grpc.aio.ServicerContext[Any, Any],
+    code: grpc.StatusCode,
+    problem: common_pb2.Problem | ProblemError,
+) -> NoReturn:
+    """End the call with ``code`` and the Problem (plus BadRequest field violations) as rich status."""
+    if isinstance(problem, ProblemError):
+        # Clients ask for a language with an accept-language metadata entry, as over HTTP.
+        problem = problem.to_proto(_metadata_language(context))
+    message = f"{problem.title}: {problem.detail}" if problem.detail else problem.title
+    status = status_pb2.Status(code=code.value[0], message=message)
+    packed = any_pb2.Any()
+    packed.Pack(problem)
+    status.details.append(packed)
+    if problem.errors:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=e.field, description=e.reason, reason=e.code
+                )
+                for e in problem.errors
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        status.details.append(packed)
+    await context.abort(
+        code, message, trailing_metadata=((GRPC_DETAILS_METADATA_KEY, status.SerializeToString()),)
+    )
+
+
+def problem_from_rpc_error(err: grpc.RpcError) -> common_pb2.Problem | None:
+    """The Problem a Lifeline server attached to a failed call, or None if it sent none."""
+    trailing = getattr(err, "trailing_metadata", None)
+    if not callable(trailing):
+        return None
+    for key, value in trailing() or ():
+        if key != GRPC_DETAILS_METADATA_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(common_pb2.Problem.DESCRIPTOR):
+                problem = common_pb2.Problem()
+                detail.Unpack(problem)
+                return problem
+    return None
+
+
+# --- server side --------------------------------------------------------------------------------------------
+
+
+def _internal_problem() -> ProblemError:
+    reference = current_trace_id() or ""
+    return ProblemError(
+        500,
+        detail="problem.internal_error.detail",
+        params={"trace_id": reference or "-"},
+        extensions={"trace_id": reference},
+    )
+
+
+async def _report(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception) -> NoReturn:
+    if isinstance(exc, ProblemError):
+        await abort_with_problem(context, grpc_code_for_status(exc.status), exc)
+    # grpc.aio would send "Unexpected <class>: <message>" to the client: internals must stay here.
+    _log.error("unhandled error in %s", method, exc_info=exc, extra={"rpc_method": method})
+    await abort_with_problem(context, grpc.StatusCode.INTERNAL, _internal_problem())
+
+
+def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _report(context, method, exc)
+
+    return wrapped
+
+
+def _wrap_streaming(
+    method: str, behavior: Callable[..., AsyncIterator[Any]]
+) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _report(context, method, exc)
+
+    return wrapped
+
+
+def _wrap(method: str, behavior: Any) -> Any:
+    if inspect.isasyncgenfunction(behavior):
+        return _wrap_streaming(method, behavior)
+    if inspect.iscoroutinefunction(behavior):
+        return _wrap_unary(method, behavior)
+    # Synchronous behaviours run on grpc's thread pool; they are left as they are.
+    return behavior
+
+
+class ProblemInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Turns ProblemError into its gRPC status with details and hides unexpected errors behind INTERNAL."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Wrap the behaviour of the method handler the call resolves to."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        h: Any = handler
+        if h.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap(method, h.unary_unary), h.request_deserializer, h.response_serializer
+            )
+        if h.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap(method, h.unary_stream), h.request_deserializer, h.response_serializer
+            )
+        if h.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap(method, h.stream_unary), h.request_deserializer, h.response_serializer
+            )
+        if h.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap(method, h.stream_stream), h.request_deserializer, h.response_serializer
+            )
+        return handler
+
+
+class GrpcServer:
+    """A started grpc.aio server with its health servicer; ``port`` is the port actually bound."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        health: Any,
+        *,
+        host: str,
+        port: int,
+        service_names: Sequence[str],
+    ) -> None:
+        self.server = server
+        self.health = health
+        self.host = host
+        self.port = port
+        self.service_names = tuple(service_names)
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for clients to dial."""
+        return f"{_host_for_url(self.host)}:{self.port}"
+
+    async def set_serving(self, name: str, serving: bool) -> None:
+        """Report one service as SERVING or NOT_SERVING; the empty name sets the whole server and all."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        names: Iterable[str] = (health_module.OVERALL_HEALTH, *self.service_names) if name == "" else (name,)
+        for each in names:
+            await self.health.set(each, status)
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Report NOT_SERVING, then stop accepting calls and let running ones finish within ``grace``."""
+        if self._stopped:
+            return
+        self._stopped = True
+        # Load balancers watching health drain the server before the port closes.
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+    async def wait_for_termination(self) -> None:
+        """Block until the server has stopped."""
+        await self.server.wait_for_termination()
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def start_grpc_server(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    servicers: Sequence[tuple[AddServicerFn, Any]],
+    service_names: Sequence[str],
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> GrpcServer:
+    """Start a grpc.aio server with the servicers, health, reflection, tracing and problem details."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # With SO_REUSEPORT a second server on a taken port would start silently and share its traffic.
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(
+        interceptors=[*grpc_server_interceptors(), ProblemInterceptor(), *interceptors],
+        options=options,
+    )
+    for add, servicer in servicers:
+        add(servicer, server)
+    health = health_module.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection([*service_names, HEALTH_SERVICE, REFLECTION_SERVICE], server)
+    bound = server.add_insecure_port(f"{_host_for_url(host)}:{port}")
+    if bound == 0:
+        raise OSError(f"gRPC server could not bind {host}:{port}")
+    await server.start()
+    result = GrpcServer(server, health, host=host, port=bound, service_names=service_names)
+    await result.set_serving("", True)
+    _log.info("gRPC server listening on %s", result.address, extra={"grpc_services": list(service_names)})
+    return result

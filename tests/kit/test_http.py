@@ -1,0 +1,159 @@
+"""lifeline.kit.http: probes, metrics and embedded uvicorn servers, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from lifeline.kit.config import InstanceSettings
+from lifeline.kit.http import create_http_app, serve_http
+from lifeline.kit.telemetry import get_meter, setup_telemetry
+from prometheus_client import Counter
+
+
+async def test_healthz_and_readyz_follow_the_checks() -> None:
+    database_up = True
+
+    async def database() -> bool:
+        return database_up
+
+    app = create_http_app(title="demo", version="1.0", readiness={"database": database})
+    server = await serve_http(app, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json() == {"status": "ready", "checks": {"database": "ok"}}
+
+            database_up = False
+            not_ready = await client.get("/readyz")
+            assert not_ready.status_code == 503
+            assert not_ready.json() == {
+                "status": "not ready",
+                "checks": {"database": "failing"},
+                "failing": ["database"],
+            }
+            assert (await client.get("/healthz")).status_code == 200, "liveness does not depend on readiness"
+
+            database_up = True
+
+            async def bus() -> bool:
+                raise ConnectionError("nats down")
+
+            app.state.readiness["bus"] = bus
+            body = (await client.get("/readyz")).json()
+            assert body["checks"] == {"database": "ok", "bus": "error"}
+            assert body["failing"] == ["bus"]
+    finally:
+        await server.stop()
+
+
+async def test_slow_readiness_check_times_out() -> None:
+    async def stuck() -> bool:
+        await asyncio.sleep(30)
+        return True
+
+    app = create_http_app(title="demo", version="1.0", readiness={"stuck": stuck}, readiness_timeout=0.2)
+    server = await serve_http(app, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["checks"] == {"stuck": "timeout"}
+    finally:
+        await server.stop()
+
+
+async def test_metrics_expose_counters_you_increment() -> None:
+    setup_telemetry(InstanceSettings())
+    suffix = uuid.uuid4().hex[:8]
+    plain = Counter(f"lifeline_test_plain_{suffix}", "A prometheus_client counter")
+    plain.inc(3)
+    otel = get_meter("lifeline.test").create_counter(
+        f"lifeline.test.otel_{suffix}", description="An OTel counter"
+    )
+    otel.add(5, {"region": "340100"})
+
+    app = create_http_app(title="demo", version="1.0")
+    server = await serve_http(app, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            response = await client.get("/metrics")
+    finally:
+        await server.stop()
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert f"lifeline_test_plain_{suffix}_total 3.0" in response.text
+    line = next(x for x in response.text.splitlines() if x.startswith(f"lifeline_test_otel_{suffix}_total{{"))
+    assert 'region="340100"' in line and line.endswith(" 5.0")
+
+
+async def test_serve_http_binds_port_zero_and_stops_gracefully() -> None:
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        events.append("startup")
+        yield
+        events.append("shutdown")
+
+    app = create_http_app(title="demo", version="1.0", lifespan=lifespan)
+    request_started = asyncio.Event()
+
+    @app.get("/slow")
+    async def slow() -> dict[str, str]:
+        request_started.set()
+        await asyncio.sleep(0.5)
+        return {"status": "done"}
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    first = await serve_http(app, "127.0.0.1", 0)
+    second = await serve_http(create_http_app(title="other", version="1.0"), "127.0.0.1", 0)
+    assert first.port > 0 and second.port > 0 and first.port != second.port
+    assert first.url == f"http://127.0.0.1:{first.port}"
+    assert events == ["startup"]
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers, "signals belong to the launcher"
+
+    async with httpx.AsyncClient(base_url=first.url) as client:
+        in_flight = asyncio.create_task(client.get("/slow"))
+        await request_started.wait()
+        await first.stop()
+        response = await in_flight
+    assert response.json() == {"status": "done"}, "a request in flight finishes before the server stops"
+    assert events == ["startup", "shutdown"]
+    assert first.task.done()
+    await first.stop()
+
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient(base_url=first.url) as client:
+            await client.get("/healthz")
+    async with httpx.AsyncClient(base_url=second.url) as client:
+        assert (await client.get("/healthz")).status_code == 200, "other servers of the process keep serving"
+    await second.stop()
+
+
+async def test_serve_http_reports_a_taken_port_instead_of_exiting() -> None:
+    first = await serve_http(create_http_app(title="demo", version="1.0"), "127.0.0.1", 0)
+    try:
+        with pytest.raises(RuntimeError, match="failed to start"):
+            await serve_http(create_http_app(title="demo", version="1.0"), "127.0.0.1", first.port)
+    finally:
+        await first.stop()
+
+
+async def test_serve_http_reports_a_failing_lifespan() -> None:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        raise ConnectionError("database unreachable")
+        yield
+
+    with pytest.raises(RuntimeError, match="failed to start"):
+        await serve_http(create_http_app(title="demo", version="1.0", lifespan=lifespan), "127.0.0.1", 0)
