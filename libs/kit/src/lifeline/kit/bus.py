@@ -339,7 +339,7 @@ class PullConsumer:
                     )
                 try:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
-                except nats.errors.TimeoutError:
+                except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 await self._handle(msgs)
             except asyncio.CancelledError:

@@ -19,6 +19,8 @@ class RegisteredSensor:
 
     spec: SensorSpec
     quantity: Quantity
+    # Physical range in the quantity's canonical unit (the sensor's override, else the quantity's).
+    range: tuple[float, float]
 
     @property
     def sensor_id(self) -> str:
@@ -42,13 +44,15 @@ class SensorRegistry:
     def from_files(cls, sensors_file: Path | None, quantities_file: Path | None) -> SensorRegistry:
         registry = cls(load_quantities(quantities_file))
         if sensors_file is not None:
-            registry.apply(load_sensors(sensors_file).values())
+            registry.apply(load_sensors(sensors_file, registry.quantities).values())
         return registry
 
     def apply(self, specs: Iterable[SensorSpec]) -> None:
         """Add or replace sensors (a retired sensor stays known, so its readings get a clear reason)."""
         for spec in specs:
-            self._sensors[spec.sensor_id] = RegisteredSensor(spec, self.quantities.get(spec.quantity))
+            self._sensors[spec.sensor_id] = RegisteredSensor(
+                spec, self.quantities.get(spec.quantity), self.quantities.sensor_range(spec)
+            )
 
     def get(self, sensor_id: str) -> RegisteredSensor | None:
         return self._sensors.get(sensor_id)

@@ -102,7 +102,7 @@ async def list_readings(
     if after_ms is not None:
         conds.append(c.device_time_ms > after_ms)
     stmt = select(StoredReadingRow).where(and_(*conds)).order_by(c.device_time_ms).limit(limit)
-    return list((await session.exec(stmt)).all())  # type: ignore[call-overload]
+    return list((await session.execute(stmt)).scalars().all())
 
 
 async def get_latest(*, session: AsyncSession, sensor_id: str) -> SensorLatest | None:
@@ -112,7 +112,7 @@ async def get_latest(*, session: AsyncSession, sensor_id: str) -> SensorLatest |
 
 async def all_latest(*, session: AsyncSession) -> list[SensorLatest]:
     """Every sensor's latest row (a city has thousands of sensors, not millions)."""
-    return list((await session.exec(select(SensorLatest))).all())  # type: ignore[call-overload]
+    return list((await session.execute(select(SensorLatest))).scalars().all())
 
 
 async def mark_offline(*, session: AsyncSession, sensor_ids: Sequence[str], now_ms: int) -> list[str]:

@@ -193,7 +193,9 @@ class Validator:
         if not math.isfinite(value):
             return Rejection(R.REJECT_REASON_NOT_FINITE, {})
         quantity = sensor.quantity
-        if unit and unit != quantity.unit:
+        # No unit: the unit the sensor is registered with.
+        unit = unit or sensor.spec.unit
+        if unit != quantity.unit:
             try:
                 value = quantity.convert(value, unit)
             except UnitError:

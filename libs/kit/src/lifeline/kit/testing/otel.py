@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from lifeline.kit.config import InstanceSettings
+from lifeline.kit.telemetry import setup_telemetry
 
 __all__ = ["span_exporter"]
 
 _EXPORTER = InMemorySpanExporter()
-
-
-def _install() -> None:
-    # The global provider can be set once per process; install ours before any test asks for a tracer.
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-
-
-_install()
+# The global provider can be set once per process: install it before any test asks for a tracer.
+setup_telemetry(InstanceSettings(log_json=True), span_exporter=_EXPORTER)
 
 
 @pytest.fixture
