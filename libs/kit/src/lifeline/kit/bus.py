@@ -21,11 +21,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck, StorageType, StreamConfig
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
+from opentelemetry import trace
+
+from lifeline.kit.telemetry import consume_span, extract_trace_context, inject_trace_headers, publish_span
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("lifeline.kit.bus")
 
 DAY = 86_400.0
 MIB = 1024 * 1024
@@ -200,10 +200,8 @@ class Bus:
         hdrs = dict(headers or {})
         if msg_id:
             hdrs["Nats-Msg-Id"] = msg_id
-        with tracer.start_as_current_span(f"publish {subject}", kind=SpanKind.PRODUCER) as span:
-            span.set_attribute("messaging.system", "nats")
-            span.set_attribute("messaging.destination.name", subject)
-            propagate.inject(hdrs)
+        with publish_span(f"publish {subject}", **{"messaging.destination.name": subject}):
+            inject_trace_headers(hdrs)
             try:
                 return await self.js.publish(subject, payload, timeout=timeout, headers=hdrs)
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError) as exc:
@@ -341,7 +339,8 @@ class PullConsumer:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
-                await self._handle(msgs)
+                if msgs:
+                    await self._handle(msgs)
             except asyncio.CancelledError:
                 raise
             except (nats.errors.Error, nats.js.errors.Error, BusUnavailable, OSError) as exc:
@@ -355,6 +354,21 @@ class PullConsumer:
                 await sub.unsubscribe()
 
     async def _handle(self, msgs: list[Msg]) -> None:
+        # One span per batch: the child of the first message's trace, linked to the others', so a
+        # reading's trace continues from the request that brought it to the database write.
+        first = msgs[0]
+        with consume_span(
+            f"consume {self.stream}/{self.durable}",
+            first.headers,
+            **{"messaging.destination.name": first.subject, "messaging.batch.message_count": len(msgs)},
+        ) as span:
+            for m in msgs[1:]:
+                link_ctx = trace.get_current_span(extract_trace_context(m.headers)).get_span_context()
+                if link_ctx.is_valid:
+                    span.add_link(link_ctx)
+            await self._handle_batch(msgs)
+
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
         try:
             await self.handler(msgs)
         except Exception as exc:  # noqa: BLE001 - isolate the poison message below
