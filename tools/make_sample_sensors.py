@@ -91,10 +91,7 @@ def district_of(lat: float, lon: float) -> str:
 
 def along(line: list[tuple[float, float]], frac: float) -> tuple[float, float]:
     """Point at fraction ``frac`` of a polyline's length."""
-    segs = [
-        math.hypot(b[0] - a[0], (b[1] - a[1]) * math.cos(math.radians(a[0])))
-        for a, b in itertools.pairwise(line)
-    ]
+    segs = [math.hypot(b[0] - a[0], (b[1] - a[1]) * math.cos(math.radians(a[0]))) for a, b in itertools.pairwise(line)]
     target = max(0.0, min(1.0, frac)) * sum(segs)
     for (a, b), length in zip(itertools.pairwise(line), segs, strict=True):
         if target <= length or length == 0:
@@ -223,9 +220,7 @@ def build(seed: int = SEED) -> Census:
             )
             for j in range(2 if rng.random() < 0.75 else 1):
                 kind = rng.choice(["燃气阀门井", "相邻污水检查井", "相邻通信井", "相邻雨水检查井"])
-                space = c.facility(
-                    "11", "02", f"{road}{kind} K{k}-{j + 1}", *offset(rng, seg.lat, seg.lon, 30, 220)
-                )
+                space = c.facility("11", "02", f"{road}{kind} K{k}-{j + 1}", *offset(rng, seg.lat, seg.lon, 30, 220))
                 r = rng.random()
                 unit = "%vol" if r < 0.12 else ("ppm" if r < 0.18 else "%LEL")
                 c.sensor("gas.ch4", space, unit=unit)
@@ -243,13 +238,9 @@ def build(seed: int = SEED) -> Census:
     for road, n in water_mains.items():
         for k, frac in enumerate(spread(n, rng), start=1):
             lat, lon = along(CORRIDORS[road], frac)
-            seg = c.facility(
-                "12", "01", f"{road}DN{rng.choice([600, 800, 1000, 1200])}供水干管 第{k}段", lat, lon
-            )
+            seg = c.facility("12", "01", f"{road}DN{rng.choice([600, 800, 1000, 1200])}供水干管 第{k}段", lat, lon)
             segments.append(seg)
-            c.sensor(
-                "water.pressure", seg, unit="kPa" if rng.random() < 0.15 else "MPa", note=f"{seg.name} 压力"
-            )
+            c.sensor("water.pressure", seg, unit="kPa" if rng.random() < 0.15 else "MPa", note=f"{seg.name} 压力")
     dma_roads = list(water_mains)
     for i in range(14):
         road = dma_roads[i % len(dma_roads)]
@@ -358,9 +349,7 @@ def build(seed: int = SEED) -> Census:
 
     # Utility tunnel under Fanhua Avenue (a city-level facility).
     for k, frac in enumerate((0.55, 0.7, 0.85), start=1):
-        sec = c.facility(
-            "15", "01", f"繁华大道综合管廊 第{k}舱段", *along(CORRIDORS["繁华大道"], frac), region=CITY
-        )
+        sec = c.facility("15", "01", f"繁华大道综合管廊 第{k}舱段", *along(CORRIDORS["繁华大道"], frac), region=CITY)
         for qty in (
             "utility_tunnel.o2",
             "utility_tunnel.h2s",

@@ -41,7 +41,7 @@ async def test_unary_batch_results_per_reading(stubs, ingest: IngestApp):
             pb("WATER-P-1", ts=t, value=300, unit="kPa"),  # 0.3 MPa
         ]
     )
-    resp = await ingest_stub.IngestBatch(req, metadata=md + (("accept-language", "en"),))
+    resp = await ingest_stub.IngestBatch(req, metadata=(*md, ("accept-language", "en")))
     assert [r.status for r in resp.results] == [
         T.READING_STATUS_ACCEPTED,
         T.READING_STATUS_DUPLICATE,
@@ -92,7 +92,9 @@ async def test_grpc_errors_carry_problem_details(stubs, ingest: IngestApp, token
     ingest_stub, query, md = stubs
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await ingest_stub.IngestBatch(T.IngestBatchRequest(readings=[pb(ts=i + 1) for i in range(5001)]), metadata=md)
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED or err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED or err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    )
     problem = problem_from_rpc_error(err.value)
     assert problem is not None and problem.status == 413
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -100,7 +102,9 @@ async def test_grpc_errors_carry_problem_details(stubs, ingest: IngestApp, token
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     other = await token_factory("viewer-340200")
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await query.GetLatest(T.GetLatestRequest(sensor_id="GAS-CH4-1"), metadata=(("authorization", f"Bearer {other}"),))
+        await query.GetLatest(
+            T.GetLatestRequest(sensor_id="GAS-CH4-1"), metadata=(("authorization", f"Bearer {other}"),)
+        )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await query.GetLatest(T.GetLatestRequest(sensor_id="NOPE"), metadata=md)

@@ -43,7 +43,9 @@ async def next_result(results: queue.Queue, timeout: float = 15.0) -> dict:
 async def test_mqtt_readings_get_the_same_results(ingest: IngestApp, device):
     publish, results = device
     t = now_ms() - 3000
-    publish(json.dumps({"readings": [reading(ts=t, value=5.0), reading(sensor="NOPE"), reading(ts=t, value=6.0)]}).encode())
+    publish(
+        json.dumps({"readings": [reading(ts=t, value=5.0), reading(sensor="NOPE"), reading(ts=t, value=6.0)]}).encode()
+    )
     body = await next_result(results)
     assert [r["status"] for r in body["results"]] == ["accepted", "rejected", "rejected"]
     assert [r.get("reason") for r in body["results"]] == [None, "unknown_sensor", "conflict"]

@@ -28,9 +28,7 @@ async def test_retry_and_duplicate_storm_over_every_way_in(
 ):
     rng = random.Random(7)
     t0 = now_ms() - 3_600_000
-    distinct = [
-        reading(s, ts=t0 + i * 1000, value=round(rng.uniform(0.1, 0.9), 3)) for s in SENSORS for i in range(75)
-    ]
+    distinct = [reading(s, ts=t0 + i * 1000, value=round(rng.uniform(0.1, 0.9), 3)) for s in SENSORS for i in range(75)]
     copies = [dict(r) for r in distinct for _ in range(3)]
     rng.shuffle(copies)
     chunks = [copies[i : i + 45] for i in range(0, len(copies), 45)]
@@ -42,7 +40,9 @@ async def test_retry_and_duplicate_storm_over_every_way_in(
 
     async def via_grpc(chunk, stub):
         req = T.IngestBatchRequest(
-            readings=[T.Reading(sensor_id=c["sensor_id"], device_time_ms=c["device_time_ms"], value=c["value"]) for c in chunk]
+            readings=[
+                T.Reading(sensor_id=c["sensor_id"], device_time_ms=c["device_time_ms"], value=c["value"]) for c in chunk
+            ]
         )
         resp = await stub.IngestBatch(req, metadata=(("authorization", f"Bearer {writer_token}"),))
         statuses.extend(T.ReadingStatus.Name(x.status).removeprefix("READING_STATUS_").lower() for x in resp.results)
@@ -68,7 +68,9 @@ async def test_retry_and_duplicate_storm_over_every_way_in(
 
     await wait_stored(ingest, len(distinct), timeout=30)
     assert await count_rows(ingest) == len(distinct)
-    assert sorted(await stored_rows(ingest)) == sorted((r["sensor_id"], r["device_time_ms"], r["value"]) for r in distinct)
+    assert sorted(await stored_rows(ingest)) == sorted(
+        (r["sensor_id"], r["device_time_ms"], r["value"]) for r in distinct
+    )
     for s in SENSORS:
         last = max((r for r in distinct if r["sensor_id"] == s), key=lambda r: r["device_time_ms"])
         assert await latest_of(ingest, s) == (last["device_time_ms"], last["value"])
@@ -127,7 +129,7 @@ async def test_auth_refusals(ingest: IngestApp, oidc_provider, token_factory):
     wrong_iss = await token_factory("svc", realm="other")
     wrong_aud = await token_factory("wrong-aud")
     good = await token_factory("svc")
-    header, payload, _ = good.split(".")
+    _header, payload, _ = good.split(".")
     none_alg = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').decode().rstrip("=") + "." + payload + "."
     body = {"readings": [reading()]}
     async with httpx.AsyncClient(base_url=base) as c:

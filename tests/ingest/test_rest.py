@@ -135,7 +135,9 @@ async def test_reads_are_scoped_by_region(client: httpx.AsyncClient, ingest: Ing
         assert w.status_code == 403
         # Writing another region's sensor: rejected per reading, nothing stored.
         wuhu = await token_factory.client(roles=["device"], region="340200")
-        w = await c.post("/v1/readings", json={"readings": [reading(ts=t + 5)]}, headers={"Authorization": f"Bearer {wuhu}"})
+        w = await c.post(
+            "/v1/readings", json={"readings": [reading(ts=t + 5)]}, headers={"Authorization": f"Bearer {wuhu}"}
+        )
         assert w.json()["results"][0]["reason"] == "forbidden_region"
     assert await count_rows(ingest) == 2
 

@@ -43,8 +43,9 @@ async def test_consumer_gets_batches_with_trace_context(bus: Bus) -> None:
 
     for i in range(25):
         await bus.publish(subject, str(i).encode(), msg_id=f"{subject}-{i}")
-    consumer = PullConsumer(bus, stream="EVENTS", durable=f"t{uuid.uuid4().hex[:8]}", handler=handler,
-                            filter_subject=subject, batch=10)
+    consumer = PullConsumer(
+        bus, stream="EVENTS", durable=f"t{uuid.uuid4().hex[:8]}", handler=handler, filter_subject=subject, batch=10
+    )
     consumer.start()
     await wait_for(lambda: len(got) == 25)
     await consumer.stop()
@@ -66,8 +67,16 @@ async def test_poison_message_goes_to_dead_letter_and_others_pass(bus: Bus) -> N
 
     for payload in (b"1", b"poison", b"2"):
         await bus.publish(subject, payload, msg_id=f"{subject}-{payload.decode()}")
-    consumer = PullConsumer(bus, stream="EVENTS", durable=durable, handler=handler, filter_subject=subject,
-                            batch=10, max_deliver=3, backoff=(0.05,))
+    consumer = PullConsumer(
+        bus,
+        stream="EVENTS",
+        durable=durable,
+        handler=handler,
+        filter_subject=subject,
+        batch=10,
+        max_deliver=3,
+        backoff=(0.05,),
+    )
     consumer.start()
     await wait_for(lambda: consumer.dead_lettered == 1)
     await consumer.stop()
@@ -87,8 +96,9 @@ async def test_publish_fails_fast_while_nats_is_down_and_recovers(bus: Bus, nats
     async def handler(msgs: list[Msg]) -> None:
         got.extend(m.data for m in msgs)
 
-    consumer = PullConsumer(bus, stream="EVENTS", durable=f"r{uuid.uuid4().hex[:8]}", handler=handler,
-                            filter_subject=subject)
+    consumer = PullConsumer(
+        bus, stream="EVENTS", durable=f"r{uuid.uuid4().hex[:8]}", handler=handler, filter_subject=subject
+    )
     consumer.start()
     await bus.publish(subject, b"before", msg_id=f"{subject}-before")
     await wait_for(lambda: got == [b"before"])

@@ -150,7 +150,7 @@ class Bus:
                 self._ready.set()
                 log.info("bus connected", extra={"nats_url": self.url})
                 return
-            except Exception as exc:  # noqa: BLE001 - any failure to connect means: try again later
+            except Exception as exc:
                 log.warning("bus not reachable at %s, retrying: %r", self.url, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -357,11 +357,11 @@ class PullConsumer:
         # One span per batch: the child of the first message's trace, linked to the others', so a
         # reading's trace continues from the request that brought it to the database write.
         first = msgs[0]
-        with consume_span(
-            f"consume {self.stream}/{self.durable}",
-            first.headers,
-            **{"messaging.destination.name": first.subject, "messaging.batch.message_count": len(msgs)},
-        ) as span:
+        attrs: dict[str, str | int] = {
+            "messaging.destination.name": first.subject,
+            "messaging.batch.message_count": len(msgs),
+        }
+        with consume_span(f"consume {self.stream}/{self.durable}", first.headers, **attrs) as span:
             for m in msgs[1:]:
                 link_ctx = trace.get_current_span(extract_trace_context(m.headers)).get_span_context()
                 if link_ctx.is_valid:
@@ -371,7 +371,7 @@ class PullConsumer:
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         try:
             await self.handler(msgs)
-        except Exception as exc:  # noqa: BLE001 - isolate the poison message below
+        except Exception as exc:
             if len(msgs) == 1:
                 await self._failed(msgs[0], exc)
                 return
@@ -379,7 +379,7 @@ class PullConsumer:
             for msg in msgs:
                 try:
                     await self.handler([msg])
-                except Exception as one_exc:  # noqa: BLE001
+                except Exception as one_exc:
                     await self._failed(msg, one_exc)
                 else:
                     await msg.ack()

@@ -66,8 +66,7 @@ class InstanceSettings(BaseSettings):
     def _no_default_secrets_in_production(self) -> InstanceSettings:
         if not self.dev_mode and self.oidc_client_secret in DEV_SECRETS:
             raise ValueError(
-                "LIFELINE_OIDC_CLIENT_SECRET is a development default; set a real secret "
-                "or run with LIFELINE_DEV=true"
+                "LIFELINE_OIDC_CLIENT_SECRET is a development default; set a real secret or run with LIFELINE_DEV=true"
             )
         if not self.dev_mode and self.nats_password is not None and self.nats_password in DEV_SECRETS:
             raise ValueError("LIFELINE_NATS_PASSWORD is a development default")

@@ -85,6 +85,9 @@ class IngestApp(Service):
 
     def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
         return (
-            (telemetry_pb2_grpc.add_TelemetryIngestServicer_to_server, TelemetryIngestServicer(self.service, self.settings)),
+            (
+                telemetry_pb2_grpc.add_TelemetryIngestServicer_to_server,
+                TelemetryIngestServicer(self.service, self.settings),
+            ),
             (telemetry_pb2_grpc.add_TelemetryQueryServicer_to_server, TelemetryQueryServicer(self.queries)),
         )

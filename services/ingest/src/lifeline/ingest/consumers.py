@@ -64,7 +64,9 @@ class MqttHandler:
     async def handle(self, msg: Msg) -> None:
         parts = msg.subject.split(".")
         client = parts[2] if len(parts) == 4 else "unknown"
-        principal = Principal(subject=f"mqtt:{client}", client_id=client, roles=frozenset({"device"}), region=self.region)
+        principal = Principal(
+            subject=f"mqtt:{client}", client_id=client, roles=frozenset({"device"}), region=self.region
+        )
         lang = self.settings.mqtt_language
         try:
             if len(msg.data) > self.settings.max_body_bytes:

@@ -27,8 +27,8 @@ i18n.register(
     {
         "ingest.bad_json": {"zh-CN": "请求体不是有效的 JSON：{error}", "en": "request body is not valid JSON: {error}"},
         "ingest.no_readings": {
-            "zh-CN": "请求体须为 {{\"readings\": [...]}}，且至少包含一条读数",
-            "en": "body must be {{\"readings\": [...]}} with at least one reading",
+            "zh-CN": '请求体须为 {{"readings": [...]}}，且至少包含一条读数',
+            "en": 'body must be {{"readings": [...]}} with at least one reading',
         },
         "ingest.batch_too_large": {
             "zh-CN": "一批最多 {max} 条读数，收到 {count} 条",
@@ -243,5 +243,3 @@ async def sensor_latest(sensor_id: str, principal: PrincipalDep, queries: Querie
         "last_seen_ms": row.last_seen_ms,
         "state": STATE_NAMES.get(row.state, "online"),
     }
-
-

@@ -42,7 +42,9 @@ def fill_results(response: Any, outcomes: list[Outcome], lang: str, offset: int 
 
 def _bus_problem(settings: IngestSettings) -> ProblemError:
     return ProblemError(
-        503, detail="ingest.bus_unavailable", retry_after=settings.retry_after_s,
+        503,
+        detail="ingest.bus_unavailable",
+        retry_after=settings.retry_after_s,
         params={"retry_after": settings.retry_after_s},
     )
 
@@ -64,7 +66,7 @@ class TelemetryIngestServicer(telemetry_pb2_grpc.TelemetryIngestServicer):
         except BusUnavailable as exc:
             raise _bus_problem(self.settings) from exc
 
-    async def IngestBatch(self, request: Any, context: Any) -> telemetry_pb2.IngestBatchResponse:  # noqa: N802
+    async def IngestBatch(self, request: Any, context: Any) -> telemetry_pb2.IngestBatchResponse:
         if not request.readings:
             raise ProblemError(400, detail="ingest.no_readings")
         outcomes = await self._ingest(request.readings)
@@ -72,7 +74,7 @@ class TelemetryIngestServicer(telemetry_pb2_grpc.TelemetryIngestServicer):
         fill_results(response, outcomes, language(context))
         return response
 
-    async def IngestStream(  # noqa: N802
+    async def IngestStream(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> telemetry_pb2.IngestStreamResponse:
         """Each chunk is judged and acknowledged by JetStream as it arrives; indexes run across chunks.
@@ -92,8 +94,6 @@ class TelemetryIngestServicer(telemetry_pb2_grpc.TelemetryIngestServicer):
         return response
 
 
-
-
 def stored_proto(row: Any) -> telemetry_pb2.StoredReading:
     return telemetry_pb2.StoredReading(
         sensor_id=row.sensor_id,
@@ -109,7 +109,7 @@ class TelemetryQueryServicer(telemetry_pb2_grpc.TelemetryQueryServicer):
     def __init__(self, queries: IngestQueries) -> None:
         self.queries = queries
 
-    async def ListReadings(self, request: Any, context: Any) -> telemetry_pb2.ListReadingsResponse:  # noqa: N802
+    async def ListReadings(self, request: Any, context: Any) -> telemetry_pb2.ListReadingsResponse:
         principal = current_principal()
         require_any_role(principal, READER_ROLES)
         rows, token = await self.queries.readings(
@@ -122,13 +122,13 @@ class TelemetryQueryServicer(telemetry_pb2_grpc.TelemetryQueryServicer):
         )
         return telemetry_pb2.ListReadingsResponse(readings=[stored_proto(r) for r in rows], next_page_token=token or "")
 
-    async def GetLatest(self, request: Any, context: Any) -> telemetry_pb2.GetLatestResponse:  # noqa: N802
+    async def GetLatest(self, request: Any, context: Any) -> telemetry_pb2.GetLatestResponse:
         principal = current_principal()
         require_any_role(principal, READER_ROLES)
         row = await self.queries.latest(sensor_id=request.sensor_id, principal=principal)
         return telemetry_pb2.GetLatestResponse(reading=stored_proto(row), last_seen_ms=row.last_seen_ms)
 
-    async def ListSensorStatus(self, request: Any, context: Any) -> telemetry_pb2.ListSensorStatusResponse:  # noqa: N802
+    async def ListSensorStatus(self, request: Any, context: Any) -> telemetry_pb2.ListSensorStatusResponse:
         principal = current_principal()
         require_any_role(principal, READER_ROLES)
         items, token = await self.queries.statuses(

@@ -36,9 +36,7 @@ class SensorLatest(SQLModel, table=True):
     quality: int = Field(sa_column=Column(SmallInteger, nullable=False))
     received_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     last_seen_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
-    state: int = Field(
-        default=telemetry_pb2.SENSOR_STATE_ONLINE, sa_column=Column(SmallInteger, nullable=False)
-    )
+    state: int = Field(default=telemetry_pb2.SENSOR_STATE_ONLINE, sa_column=Column(SmallInteger, nullable=False))
     state_changed_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 

@@ -25,9 +25,7 @@ def _insert(session: AsyncSession, table: Any) -> Any:
 async def insert_readings(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     """Store readings; one already stored under the same (sensor, device time) is left as it was."""
     if rows:
-        stmt = _insert(session, readings_table).on_conflict_do_nothing(
-            index_elements=["sensor_id", "device_time_ms"]
-        )
+        stmt = _insert(session, readings_table).on_conflict_do_nothing(index_elements=["sensor_id", "device_time_ms"])
         await session.execute(stmt, list(rows))
 
 
@@ -70,9 +68,7 @@ async def offline_among(*, session: AsyncSession, sensor_ids: Iterable[str]) -> 
     return {r[0] for r in res}
 
 
-async def lookup_values(
-    *, session: AsyncSession, keys: Sequence[tuple[str, int]]
-) -> dict[tuple[str, int], float]:
+async def lookup_values(*, session: AsyncSession, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], float]:
     """Stored values for these (sensor, device time) keys, where they exist."""
     if not keys:
         return {}

@@ -10,7 +10,9 @@ from pydantic import BaseModel, Field
 class ReadingIn(BaseModel):
     sensor_id: str = Field(examples=["HF-GAS-CH4-0001"])
     device_time_ms: int | None = Field(default=None, description="Device time, epoch milliseconds (UTC)")
-    time: str | None = Field(default=None, description="Device time as RFC 3339 with offset (instead of device_time_ms)")
+    time: str | None = Field(
+        default=None, description="Device time as RFC 3339 with offset (instead of device_time_ms)"
+    )
     value: float
     unit: str = Field(default="", description="Empty: the sensor's catalogue unit")
     quality: Literal["good", "suspect", "bad", "maintenance"] = "good"

@@ -229,8 +229,13 @@ class IngestService:
                 await repository.insert_readings(session=session, rows=rows)
                 await repository.upsert_latest(session=session, rows=list(latest.values()))
                 for sensor_id in sorted(back_online):
-                    self._enqueue_status(session, sensor_id, telemetry_pb2.SENSOR_STATE_ONLINE,
-                                         latest[sensor_id]["last_seen_ms"], latest[sensor_id]["last_seen_ms"])
+                    self._enqueue_status(
+                        session,
+                        sensor_id,
+                        telemetry_pb2.SENSOR_STATE_ONLINE,
+                        latest[sensor_id]["last_seen_ms"],
+                        latest[sensor_id]["last_seen_ms"],
+                    )
         persisted_counter.add(len(rows))
 
     def _enqueue_status(self, session: Any, sensor_id: str, state: int, last_seen_ms: int, changed_ms: int) -> None:

@@ -172,9 +172,7 @@ class Validator:
         self.registry = registry
         self.limits = limits
 
-    def check(
-        self, fields: tuple[str, int, Any, str, Any], principal: Principal, now_ms: int
-    ) -> Candidate | Rejection:
+    def check(self, fields: tuple[str, int, Any, str, Any], principal: Principal, now_ms: int) -> Candidate | Rejection:
         sensor_id, ts, value, unit, quality = fields
         sensor = self.registry.get(sensor_id)
         if sensor is None:
