@@ -1,1 +1,82 @@
-"""Fixtures: see lifeline.kit.testing."""
+"""Database fixtures: a fresh SQLite file or a fresh PostgreSQL database per test.
+
+``database_url`` is parametrized over both backends (ids ``sqlite`` / ``postgres``), so a test that
+uses it runs on each. PostgreSQL tests are skipped, with the reason shown, only when the server
+cannot be reached; set ``LIFELINE_TEST_PG_DSN`` to point at another server.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from sqlalchemy.engine import URL, make_url
+
+__all__ = ["database_url", "postgres_url", "sqlite_url"]
+
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+_CONNECT_TIMEOUT = 5.0
+# Remembered per test session so an absent server costs one connect timeout, not one per test.
+_unreachable: dict[str, str] = {}
+
+
+def _admin_dsn() -> URL:
+    return make_url(os.environ.get("LIFELINE_TEST_PG_DSN", DEFAULT_PG_DSN))
+
+
+def _plain(url: URL) -> str:
+    """The URL as asyncpg accepts it (no SQLAlchemy driver suffix)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """URL of a fresh SQLite database file in the test's tmp_path."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest_asyncio.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """URL of a fresh PostgreSQL database ``lifeline_test_<random>``, dropped after the test."""
+    admin = _admin_dsn()
+    where = admin.render_as_string(hide_password=True)
+    if where in _unreachable:
+        pytest.skip(_unreachable[where])
+    try:
+        conn = await asyncpg.connect(_plain(admin), timeout=_CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
+        # Only an unreachable server skips; a reachable server that refuses us is a real failure.
+        _unreachable[where] = f"PostgreSQL not reachable at {where}: {exc}"
+        pytest.skip(_unreachable[where])
+    name = f"lifeline_test_{secrets.token_hex(6)}"
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
+    finally:
+        conn = await asyncpg.connect(_plain(admin), timeout=_CONNECT_TIMEOUT)
+        try:
+            # FORCE: an engine the test forgot to dispose must not keep the database alive.
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database URL on each backend: the test runs once on SQLite and once on PostgreSQL."""
+    # Resolved lazily so the SQLite run never touches PostgreSQL (and is never skipped with it).
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url

@@ -1,0 +1,244 @@
+"""Database engines, the transaction boundary, and the FastAPI session dependency.
+
+A service owns one database (SQLite through aiosqlite by default, PostgreSQL through asyncpg when
+configured). Services never commit: ``Database.transaction()`` is the request/message boundary that
+commits on success and rolls back on any exception, so a failed request leaves nothing half-done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import await_only
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+__all__ = [
+    "READONLY_OPTION",
+    "Database",
+    "ReadSessionDep",
+    "SessionDep",
+    "create_engine",
+    "get_read_session",
+    "get_session",
+]
+
+log = logging.getLogger(__name__)
+
+# Connection execution option that marks a transaction as read-only. On SQLite it selects a DEFERRED
+# BEGIN (no write lock), on PostgreSQL a READ ONLY transaction.
+READONLY_OPTION = "lifeline_readonly"
+
+CommitListener = Callable[[dict[Any, Any]], None]
+
+
+def _is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL, or None for in-memory databases."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    if url.query.get("mode") == "memory":
+        return None
+    return Path(database)
+
+
+def create_engine(
+    url: str,
+    *,
+    echo: bool = False,
+    pool_size: int = 10,
+    max_overflow: int = 20,
+    sqlite_busy_timeout_ms: int = 10_000,
+    sqlite_foreign_keys: bool = True,
+    application_name: str | None = None,
+) -> AsyncEngine:
+    """Create an async engine for the URL: SQLite in WAL mode with real transactions, or PostgreSQL."""
+    parsed = make_url(url)
+    if _is_sqlite(parsed):
+        return _create_sqlite_engine(
+            parsed, echo=echo, busy_timeout_ms=sqlite_busy_timeout_ms, foreign_keys=sqlite_foreign_keys
+        )
+    kwargs: dict[str, Any] = {
+        "echo": echo,
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        # A restarted or failed-over PostgreSQL leaves dead connections in the pool; test before use.
+        "pool_pre_ping": True,
+        "pool_recycle": 1800,
+    }
+    if application_name and parsed.get_backend_name() == "postgresql":
+        kwargs["connect_args"] = {"server_settings": {"application_name": application_name}}
+    return create_async_engine(parsed, **kwargs)
+
+
+def _create_sqlite_engine(url: URL, *, echo: bool, busy_timeout_ms: int, foreign_keys: bool) -> AsyncEngine:
+    path = _sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, echo=echo)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        # The sqlite3 driver's legacy transaction control issues BEGIN only before DML, so SELECTs,
+        # DDL and SAVEPOINTs run outside the transaction. Switch it off and emit BEGIN ourselves
+        # (SQLAlchemy docs, "Enabling Non-Legacy SQLite Transactional Modes").
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            if path is not None:
+                _enable_wal(cursor, busy_timeout_ms)
+            # NORMAL is durable in WAL mode except for the last commits on power loss (the usual
+            # trade-off); FULL would fsync on every commit.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return
+        # Writers take the write lock up front: a DEFERRED transaction that reads and then writes
+        # fails with SQLITE_BUSY at the upgrade (busy_timeout cannot help there), whereas IMMEDIATE
+        # waits its turn. Read-only transactions stay DEFERRED so they never block writers.
+        mode = "DEFERRED" if options.get(READONLY_OPTION) else "IMMEDIATE"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _enable_wal(cursor: Any, busy_timeout_ms: int) -> None:
+    """Switch the database file to WAL (readers never block the writer, nor it them)."""
+    # WAL is persistent, so normally only the first connection to a new file switches it. Switching
+    # needs an exclusive lock and SQLite reports "database is locked" at once, without consulting
+    # busy_timeout, when connections race to do it; so wait and retry ourselves.
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.005
+    while True:
+        cursor.execute("PRAGMA journal_mode")
+        if str(cursor.fetchone()[0]).lower() == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        # Inside SQLAlchemy's greenlet: sleep on the event loop rather than blocking it.
+        await_only(asyncio.sleep(delay))
+        delay = min(delay * 2, 0.2)
+
+
+class Database:
+    """One service's database: the engine, a session factory and the transaction boundary."""
+
+    def __init__(self, engine: AsyncEngine, *, ping_timeout: float = 2.0) -> None:
+        self.engine = engine
+        self.ping_timeout = ping_timeout
+        self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            engine, class_=AsyncSession, expire_on_commit=False
+        )
+        self._commit_listeners: list[CommitListener] = []
+
+    @classmethod
+    def from_url(cls, url: str, **engine_kwargs: Any) -> Database:
+        """Create a Database with an engine from ``create_engine(url, **engine_kwargs)``."""
+        return cls(create_engine(url, **engine_kwargs))
+
+    @property
+    def dialect(self) -> str:
+        """The backend name: ``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    def readonly_options(self) -> dict[str, Any]:
+        """Execution options that make a connection's transaction read-only on this backend."""
+        options: dict[str, Any] = {READONLY_OPTION: True}
+        if self.dialect == "postgresql":
+            options["postgresql_readonly"] = True
+        return options
+
+    @asynccontextmanager
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[AsyncSession]:
+        """Yield a session in a transaction that commits on success and rolls back on any exception."""
+        async with self.sessionmaker() as session:
+            if readonly:
+                # Execution options apply only when the connection is first procured, so get it now.
+                await session.connection(execution_options=self.readonly_options())
+            try:
+                yield session
+                await session.commit()
+            except BaseException:
+                await session.rollback()
+                raise
+            info = dict(session.info)
+            session.info.clear()
+        for listener in list(self._commit_listeners):
+            try:
+                listener(info)
+            except Exception:
+                log.exception("commit listener failed")
+
+    def add_commit_listener(self, listener: CommitListener) -> Callable[[], None]:
+        """Call ``listener(session.info)`` after every commit of ``transaction()``; returns a remover."""
+        self._commit_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._commit_listeners:
+                self._commit_listeners.remove(listener)
+
+        return remove
+
+    async def ping(self) -> bool:
+        """True when the database answers a trivial query within ``ping_timeout`` seconds (readiness)."""
+        try:
+            async with asyncio.timeout(self.ping_timeout):
+                async with self.engine.connect() as conn:
+                    conn = await conn.execution_options(**self.readonly_options())
+                    await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # readiness reports, it does not raise
+            log.warning("database ping failed: %s", exc)
+            return False
+        return True
+
+    async def dispose(self) -> None:
+        """Close all pooled connections."""
+        await self.engine.dispose()
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """FastAPI dependency: a session in a read-write transaction of ``request.app.state.db``."""
+    db: Database = request.app.state.db
+    async with db.transaction() as session:
+        yield session
+
+
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """FastAPI dependency: a session in a read-only transaction (no SQLite write lock)."""
+    db: Database = request.app.state.db
+    async with db.transaction(readonly=True) as session:
+        yield session
+
+
+# scope="function" commits before the response is sent: with the default request scope the commit
+# would run after the client already got its 2xx, and a failed commit would be lost silently.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

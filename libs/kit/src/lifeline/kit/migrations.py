@@ -1,0 +1,178 @@
+"""Alembic migrations per service: ``migrate()`` at start-up and a reusable ``env.py`` body.
+
+Each service keeps hand-written migrations in its own folder (``lifeline/<service>/migrations/`` with
+``env.py`` and ``versions/``) and its own database. The service's ``env.py`` is just::
+
+    from lifeline.kit.migrations import run_env
+
+    run_env(target_metadata=None)
+
+``migrate(url, script_location)`` runs ``alembic upgrade head`` in one transaction on an async
+engine, so a failing migration leaves the schema as it was (PostgreSQL and, thanks to the real
+transactions set up in ``lifeline.kit.db``, SQLite too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection, make_url
+
+from lifeline.kit.db import create_engine
+from lifeline.kit.outbox import outbox_metadata
+
+__all__ = ["MigrationError", "alembic_config", "migrate", "run_env"]
+
+DEFAULT_VERSION_TABLE = "alembic_version"
+
+
+class MigrationError(RuntimeError):
+    """A migration left the database inconsistent (e.g. dangling foreign keys on SQLite)."""
+
+
+def alembic_config(
+    script_location: str | Path,
+    *,
+    url: str | None = None,
+    version_table: str = DEFAULT_VERSION_TABLE,
+) -> Config:
+    """An in-memory Alembic Config for a service's migration folder (for ``alembic.command``)."""
+    config = Config()
+    # ConfigParser interpolates '%', which may appear in paths and URL-encoded passwords.
+    config.set_main_option("script_location", str(script_location).replace("%", "%%"))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["version_table"] = version_table
+    return config
+
+
+async def migrate(
+    url: str,
+    script_location: str | Path,
+    *,
+    version_table: str = DEFAULT_VERSION_TABLE,
+    revision: str = "head",
+) -> None:
+    """Upgrade the database at ``url`` to ``revision`` (head) with the migrations in ``script_location``."""
+    config = alembic_config(script_location, url=url, version_table=version_table)
+    # Schema changes on SQLite (batch mode recreates tables) need foreign keys off; integrity is
+    # checked with PRAGMA foreign_key_check before commit instead, as SQLite's docs prescribe.
+    engine = create_engine(url, sqlite_foreign_keys=False, pool_size=1, max_overflow=0)
+    try:
+        async with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas starting together queue here; the later ones find the schema at head.
+                key = zlib.crc32(f"lifeline.kit.migrations:{version_table}".encode())
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+            await conn.run_sync(_run_command, config, revision)
+            if conn.dialect.name == "sqlite":
+                violations = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                if violations:
+                    raise MigrationError(f"foreign key violations after migrating: {violations[:10]}")
+    finally:
+        await engine.dispose()
+
+
+def _run_command(connection: Connection, config: Config, revision: str) -> None:
+    config.attributes["connection"] = connection
+    try:
+        command.upgrade(config, revision)
+    finally:
+        config.attributes.pop("connection", None)
+
+
+def run_env(
+    target_metadata: sa.MetaData | Sequence[sa.MetaData] | None = None,
+    **configure_kwargs: Any,
+) -> None:
+    """The body of a service's Alembic ``env.py``: run the migrations on the connection given to it."""
+    from alembic import context  # only importable while Alembic runs an env.py
+
+    config = context.config
+    metadata = _with_outbox(target_metadata)
+    version_table = str(config.attributes.get("version_table", DEFAULT_VERSION_TABLE))
+
+    if context.is_offline_mode():
+        url = _config_url(config)
+        context.configure(
+            url=url,
+            target_metadata=metadata,
+            literal_binds=True,
+            dialect_opts={"paramstyle": "named"},
+            version_table=version_table,
+            render_as_batch=make_url(url).get_backend_name() == "sqlite",
+            **configure_kwargs,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+
+    connection: Connection | None = config.attributes.get("connection")
+    if connection is not None:
+        _run_on_connection(connection, metadata, version_table, configure_kwargs)
+        return
+
+    # Invoked by alembic's own commands (e.g. `revision --autogenerate` through alembic_config()):
+    # open an engine for the URL in the config and run in one transaction, like migrate().
+    asyncio.run(_run_standalone(_config_url(config), metadata, version_table, configure_kwargs))
+
+
+def _run_on_connection(
+    connection: Connection,
+    metadata: sa.MetaData | Sequence[sa.MetaData] | None,
+    version_table: str,
+    configure_kwargs: dict[str, Any],
+) -> None:
+    from alembic import context
+
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        version_table=version_table,
+        # SQLite cannot ALTER most things; batch mode recreates the table instead.
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+        **configure_kwargs,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_standalone(
+    url: str,
+    metadata: sa.MetaData | Sequence[sa.MetaData] | None,
+    version_table: str,
+    configure_kwargs: dict[str, Any],
+) -> None:
+    engine = create_engine(url, sqlite_foreign_keys=False, pool_size=1, max_overflow=0)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_run_on_connection, metadata, version_table, configure_kwargs)
+    finally:
+        await engine.dispose()
+
+
+def _config_url(config: Config) -> str:
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no database URL: pass a connection through migrate() or set sqlalchemy.url")
+    return url
+
+
+def _with_outbox(
+    target_metadata: sa.MetaData | Sequence[sa.MetaData] | None,
+) -> sa.MetaData | Sequence[sa.MetaData] | None:
+    # Every service database has the kit's outbox table; without its metadata, autogenerate would
+    # propose dropping it.
+    if target_metadata is None:
+        return None
+    if isinstance(target_metadata, sa.MetaData):
+        return [target_metadata, outbox_metadata]
+    return [*target_metadata, outbox_metadata]

@@ -1,0 +1,366 @@
+"""lifeline.kit.db and lifeline.kit.migrations on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from textwrap import dedent
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI, HTTPException
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from lifeline.kit.db import Database, ReadSessionDep, SessionDep, create_engine
+from lifeline.kit.migrations import migrate
+from lifeline.kit.outbox import outbox_table
+
+
+class _Base(DeclarativeBase):
+    metadata = sa.MetaData()
+
+
+class Thing(_Base):
+    __tablename__ = "things"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(50), unique=True)
+
+
+things: sa.Table = Thing.__table__  # type: ignore[assignment]
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database.from_url(database_url)
+    async with database.engine.begin() as conn:
+        await conn.run_sync(_Base.metadata.create_all)
+    yield database
+    await database.dispose()
+
+
+async def names(db: Database) -> list[str]:
+    async with db.transaction(readonly=True) as session:
+        conn = await session.connection()
+        return list((await conn.scalars(sa.select(Thing.name).order_by(Thing.name))).all())
+
+
+async def test_committed_transaction_persists(db: Database) -> None:
+    async with db.transaction() as session:
+        session.add(Thing(name="a"))
+    assert await names(db) == ["a"]
+
+
+async def test_transaction_that_raises_leaves_nothing(db: Database) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        async with db.transaction() as session:
+            session.add(Thing(name="a"))
+            await session.flush()
+            await (await session.connection()).execute(things.insert().values(name="b"))
+            raise RuntimeError("boom")
+    assert await names(db) == []
+
+
+async def test_nested_savepoints(db: Database) -> None:
+    async with db.transaction() as session:
+        session.add(Thing(name="outer"))
+        with pytest.raises(RuntimeError):
+            async with session.begin_nested():
+                session.add(Thing(name="rolled-back"))
+                await session.flush()
+                raise RuntimeError
+        async with session.begin_nested():
+            session.add(Thing(name="released"))
+    assert await names(db) == ["outer", "released"]
+
+
+async def test_released_savepoint_rolls_back_with_its_transaction(db: Database) -> None:
+    # The case the sqlite3 driver's legacy mode gets wrong: a SAVEPOINT as the first statement runs
+    # outside any BEGIN, so releasing it commits and the outer rollback cannot undo it.
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as session:
+            async with session.begin_nested():
+                session.add(Thing(name="inside-savepoint"))
+            raise RuntimeError
+    assert await names(db) == []
+
+
+async def test_reads_are_inside_the_transaction(db: Database) -> None:
+    # Repeatable reads need the SELECT to be inside BEGIN (legacy sqlite3 mode leaves it outside).
+    async with db.transaction(readonly=True) as reader:
+        conn = await reader.connection()
+        before = await conn.scalar(sa.select(sa.func.count()).select_from(things))
+        async with db.transaction() as writer:
+            writer.add(Thing(name="concurrent"))
+        after = await conn.scalar(sa.select(sa.func.count()).select_from(things))
+        if db.dialect == "sqlite":
+            assert before == after == 0  # a snapshot (SQLite isolation is serializable)
+    assert await names(db) == ["concurrent"]
+
+
+async def test_concurrent_read_then_write_transactions_do_not_fail(db: Database) -> None:
+    # Each transaction reads, yields to the others, then writes: with DEFERRED transactions SQLite
+    # fails the upgrade to a write lock with "database is locked"; IMMEDIATE makes them queue.
+    async def add(i: int) -> None:
+        async with db.transaction() as session:
+            await (await session.connection()).scalar(sa.select(sa.func.count()).select_from(things))
+            await asyncio.sleep(0.01)
+            session.add(Thing(name=f"t{i:02d}"))
+
+    await asyncio.gather(*(add(i) for i in range(20)))
+    assert len(await names(db)) == 20
+
+
+async def test_readonly_transaction(db: Database) -> None:
+    if db.dialect == "postgresql":
+        with pytest.raises(sa.exc.DBAPIError, match="read-only"):
+            async with db.transaction(readonly=True) as session:
+                await (await session.connection()).execute(things.insert().values(name="x"))
+    else:
+        # A reader holds no write lock, so a writer proceeds while it is open.
+        async with db.transaction(readonly=True) as reader:
+            await (await reader.connection()).scalar(sa.select(sa.func.count()).select_from(things))
+            async with asyncio.timeout(2):
+                async with db.transaction() as writer:
+                    writer.add(Thing(name="x"))
+    assert await names(db) == ([] if db.dialect == "postgresql" else ["x"])
+
+
+async def test_commit_listeners_run_only_after_commit(db: Database) -> None:
+    seen: list[object] = []
+    remove = db.add_commit_listener(lambda info: seen.append(info.get("mark")))
+    async with db.transaction() as session:
+        session.info["mark"] = 1
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as session:
+            session.info["mark"] = 2
+            raise RuntimeError
+    remove()
+    async with db.transaction() as session:
+        session.info["mark"] = 3
+    assert seen == [1]
+
+
+async def test_dialect_and_ping(db: Database, database_url: str) -> None:
+    assert db.dialect == ("postgresql" if database_url.startswith("postgresql") else "sqlite")
+    assert await db.ping()
+
+
+async def test_ping_false_when_unreachable() -> None:
+    db = Database.from_url("postgresql+asyncpg://postgres@127.0.0.1:1/none", pool_size=1)
+    db.ping_timeout = 1.0
+    assert not await db.ping()
+    await db.dispose()
+
+
+async def test_sqlite_pragmas(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "x.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.connect() as conn:
+            pragmas = {
+                name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+                for name in ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")
+            }
+    finally:
+        await engine.dispose()
+    assert path.exists()  # parent directories were created
+    assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "synchronous": 1, "busy_timeout": 10_000}
+
+
+async def test_sqlite_first_connections_race_to_wal(tmp_path: Path) -> None:
+    # Switching a new file to WAL fails at once with "database is locked" when connections race
+    # (busy_timeout does not apply to it); the engine must wait its turn instead.
+    async def connect(url: str) -> str:
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+                return str((await conn.exec_driver_sql("PRAGMA journal_mode")).scalar())
+        finally:
+            await engine.dispose()
+
+    for i in range(30):
+        url = f"sqlite+aiosqlite:///{tmp_path / f'race{i}.db'}"
+        assert await asyncio.gather(*(connect(url) for _ in range(5))) == ["wal"] * 5
+
+
+def _sqlite_foreign_keys_enforced_schema() -> sa.MetaData:
+    md = sa.MetaData()
+    sa.Table("parent", md, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table(
+        "child",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("pid", sa.ForeignKey("parent.id")),
+    )
+    return md
+
+
+async def test_foreign_keys_enforced(database_url: str) -> None:
+    db = Database.from_url(database_url)
+    md = _sqlite_foreign_keys_enforced_schema()
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(md.create_all)
+        with pytest.raises(sa.exc.IntegrityError):
+            async with db.transaction() as session:
+                await (await session.connection()).execute(md.tables["child"].insert().values(id=1, pid=42))
+    finally:
+        await db.dispose()
+
+
+# -- FastAPI dependency -------------------------------------------------------------------------------
+
+
+def _app(db: Database) -> FastAPI:
+    app = FastAPI()
+    app.state.db = db
+
+    @app.post("/things/{name}")
+    async def create(name: str, session: SessionDep, fail: bool = False) -> dict[str, str]:
+        session.add(Thing(name=name))  # flushed only by the commit after the endpoint returns
+        if fail:
+            raise HTTPException(status_code=409, detail="refused")
+        return {"name": name}
+
+    @app.get("/things")
+    async def list_things(session: ReadSessionDep) -> list[str]:
+        conn = await session.connection()
+        return list((await conn.scalars(sa.select(Thing.name).order_by(Thing.name))).all())
+
+    return app
+
+
+async def test_session_dependency_commits_or_rolls_back(db: Database) -> None:
+    transport = httpx.ASGITransport(app=_app(db), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.post("/things/a")).status_code == 200
+        assert (await client.post("/things/b", params={"fail": True})).status_code == 409
+        # The duplicate fails at commit; the commit runs before the response, so the client is told.
+        assert (await client.post("/things/a")).status_code == 500
+        assert (await client.get("/things")).json() == ["a"]
+    assert await names(db) == ["a"]
+
+
+# -- migrations ---------------------------------------------------------------------------------------
+
+
+def write_migrations(root: Path, *, failing_second: bool = False) -> Path:
+    """A service-style migration folder: the 3-line env.py and hand-written versions."""
+    location = root / "migrations"
+    (location / "versions").mkdir(parents=True)
+    (location / "env.py").write_text("from lifeline.kit.migrations import run_env\n\nrun_env(target_metadata=None)\n")
+    (location / "versions" / "0001_initial.py").write_text(
+        dedent(
+            """
+            import sqlalchemy as sa
+            from alembic import op
+
+            from lifeline.kit.outbox import create_outbox_table, drop_outbox_table
+
+            revision = "0001"
+            down_revision = None
+            branch_labels = None
+            depends_on = None
+
+
+            def upgrade() -> None:
+                create_outbox_table(op)
+                op.create_table("widget", sa.Column("id", sa.Integer, primary_key=True))
+
+
+            def downgrade() -> None:
+                op.drop_table("widget")
+                drop_outbox_table(op)
+            """
+        )
+    )
+    if failing_second:
+        (location / "versions" / "0002_broken.py").write_text(
+            dedent(
+                """
+                import sqlalchemy as sa
+                from alembic import op
+
+                revision = "0002"
+                down_revision = "0001"
+                branch_labels = None
+                depends_on = None
+
+
+                def upgrade() -> None:
+                    op.create_table("gadget", sa.Column("id", sa.Integer, primary_key=True))
+                    with op.batch_alter_table("widget") as batch:
+                        batch.add_column(sa.Column("name", sa.String(20), nullable=True))
+                    raise RuntimeError("broken migration")
+
+
+                def downgrade() -> None:
+                    pass
+                """
+            )
+        )
+    return location
+
+
+async def _tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+async def test_migrate_is_idempotent_and_creates_the_outbox(database_url: str, tmp_path: Path) -> None:
+    location = write_migrations(tmp_path)
+    await migrate(database_url, location)
+    await migrate(database_url, location)
+    assert {"outbox", "widget", "alembic_version"} <= await _tables(database_url)
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalars().all()
+            columns = await conn.run_sync(lambda c: {col["name"] for col in sa.inspect(c).get_columns("outbox")})
+            indexes = await conn.run_sync(lambda c: {ix["name"] for ix in sa.inspect(c).get_indexes("outbox")})
+    finally:
+        await engine.dispose()
+    assert version == ["0001"]
+    # The migration helper and the model the relay queries describe the same table.
+    assert columns == {c.name for c in outbox_table.columns}
+    assert "ix_outbox_unsent" in indexes
+
+
+async def test_failed_migration_changes_nothing(database_url: str, tmp_path: Path) -> None:
+    await migrate(database_url, write_migrations(tmp_path / "good"))
+    broken = write_migrations(tmp_path / "broken", failing_second=True)
+    with pytest.raises(RuntimeError, match="broken migration"):
+        await migrate(database_url, broken)
+    tables = await _tables(database_url)
+    assert "gadget" not in tables
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalar()
+            widget_columns = await conn.run_sync(lambda c: {col["name"] for col in sa.inspect(c).get_columns("widget")})
+    finally:
+        await engine.dispose()
+    assert version == "0001"
+    assert widget_columns == {"id"}
+
+
+async def test_concurrent_migrations(database_url: str, tmp_path: Path) -> None:
+    # Replicas starting together: one migrates, the others wait and find the schema at head.
+    location = write_migrations(tmp_path)
+    await asyncio.gather(*(migrate(database_url, location) for _ in range(3)))
+    assert {"outbox", "widget"} <= await _tables(database_url)
+
+
+async def test_custom_version_table(database_url: str, tmp_path: Path) -> None:
+    await migrate(database_url, write_migrations(tmp_path), version_table="ingest_alembic_version")
+    tables = await _tables(database_url)
+    assert "ingest_alembic_version" in tables
+    assert "alembic_version" not in tables
