@@ -176,3 +176,26 @@ async def test_sensor_status_offline_and_back(client: httpx.AsyncClient, ingest:
         ("GAS-CH4-1", telemetry_pb2.SENSOR_STATE_OFFLINE),
         ("GAS-CH4-1", telemetry_pb2.SENSOR_STATE_ONLINE),
     ]
+
+
+async def test_writes_and_cross_region_reads_are_audited(
+    client: httpx.AsyncClient, ingest: IngestApp, token_factory, caplog
+):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="lifeline.audit")
+    t = now_ms() - 1000
+    await client.post("/v1/readings", json={"readings": [reading(ts=t)]})
+    await wait_stored(ingest, 1)
+    province = await token_factory("viewer-340000")
+    other = await token_factory("viewer-340200")
+    async with httpx.AsyncClient(base_url=ingest.http.url) as c:
+        await c.get("/v1/sensors/GAS-CH4-1/latest", headers={"Authorization": f"Bearer {province}"})
+        await c.get("/v1/sensors/GAS-CH4-1/latest", headers={"Authorization": f"Bearer {other}"})
+    records = [r for r in caplog.records if r.name == "lifeline.audit"]
+    seen = [(r.action, r.client_id, r.outcome) for r in records]
+    assert ("readings.write", "svc", "ok") in seen
+    assert ("latest.read", "viewer-340000", "ok") in seen
+    assert ("latest.read", "viewer-340200", "forbidden") in seen
+    write = next(r for r in records if r.action == "readings.write")
+    assert write.source.startswith("127.0.0.1:") and write.count == 1

@@ -109,7 +109,6 @@ class Service:
         self.database_url = settings.database_url_for(instance)
         self.db = Database.from_url(self.database_url)
         self.relay = OutboxRelay(self.db, self._publish_event)
-        self.db.add_commit_listener(self.relay._on_commit)
         self.background: list[Background] = [RelayTask(self.relay)]
         self.http: HttpServer | None = None
         self.grpc: GrpcServer | None = None

@@ -72,7 +72,7 @@ class MqttHandler:
             if len(msg.data) > self.settings.max_body_bytes:
                 raise ProblemError(413, detail="ingest.body_too_large", params={"max": self.settings.max_body_bytes})
             items = parse_batch(msg.data, self.settings.max_batch)
-            outcomes = await self.service.ingest([from_json(x) for x in items], principal)
+            outcomes = await self.service.ingest([from_json(x) for x in items], principal, source=f"mqtt:{client}")
             body: dict[str, Any] = render_results(outcomes, lang)
         except ProblemError as problem:
             # A message that can never be valid is answered and acknowledged, not redelivered.

@@ -135,12 +135,16 @@ def render_results(outcomes: list[Outcome], lang: str) -> dict[str, Any]:
     }
 
 
+def client_address(request: Request) -> str | None:
+    return f"{request.client.host}:{request.client.port}" if request.client else None
+
+
 async def ingest_items(
-    service: IngestService, items: list[Any], principal: Principal, retry_after_s: int
+    service: IngestService, items: list[Any], principal: Principal, retry_after_s: int, source: str | None
 ) -> list[Outcome]:
     """Run the batch through the service; a bus outage becomes 503 with Retry-After."""
     try:
-        return await service.ingest([from_json(x) for x in items], principal)
+        return await service.ingest([from_json(x) for x in items], principal, source=source)
     except BusUnavailable as exc:
         raise ProblemError(
             503, detail="ingest.bus_unavailable", retry_after=retry_after_s, params={"retry_after": retry_after_s}
@@ -159,7 +163,7 @@ async def post_readings(
     """Validate and accept readings; each gets accepted, duplicate or rejected with a reason."""
     require_any_role(principal, WRITER_ROLES)
     items = parse_batch(await read_body(request, settings.max_body_bytes), settings.max_batch)
-    outcomes = await ingest_items(service, items, principal, settings.retry_after_s)
+    outcomes = await ingest_items(service, items, principal, settings.retry_after_s, client_address(request))
     return Response(msgspec.json.encode(render_results(outcomes, language(request))), media_type="application/json")
 
 
@@ -186,6 +190,7 @@ def stored_public(row: Any) -> dict[str, Any]:
 
 @router.get("/sensors/status", response_model=SensorStatusPage, summary="Online / offline / never seen")
 async def sensor_status(
+    request: Request,
     principal: PrincipalDep,
     queries: QueriesDep,
     state: Annotated[str | None, Query(pattern="^(online|offline|never_seen)$")] = None,
@@ -194,7 +199,9 @@ async def sensor_status(
 ) -> dict[str, Any]:
     require_any_role(principal, READER_ROLES)
     wanted = {v: k for k, v in STATE_NAMES.items()}.get(state) if state else None
-    items, token = await queries.statuses(principal=principal, state=wanted, limit=limit, page_token=page_token)
+    items, token = await queries.statuses(
+        principal=principal, state=wanted, limit=limit, page_token=page_token, source=client_address(request)
+    )
     return {
         "sensors": [
             {
@@ -213,6 +220,7 @@ async def sensor_status(
 
 @router.get("/sensors/{sensor_id}/readings", response_model=ReadingsPage, summary="Readings by device time")
 async def sensor_readings(
+    request: Request,
     sensor_id: str,
     principal: PrincipalDep,
     queries: QueriesDep,
@@ -229,14 +237,17 @@ async def sensor_readings(
         to_ms=time_param(to, "to"),
         limit=limit,
         page_token=page_token,
+        source=client_address(request),
     )
     return {"readings": [stored_public(r) for r in rows], "next_page_token": token}
 
 
 @router.get("/sensors/{sensor_id}/latest", response_model=LatestPublic, summary="Latest value by device time")
-async def sensor_latest(sensor_id: str, principal: PrincipalDep, queries: QueriesDep) -> dict[str, Any]:
+async def sensor_latest(
+    request: Request, sensor_id: str, principal: PrincipalDep, queries: QueriesDep
+) -> dict[str, Any]:
     require_any_role(principal, READER_ROLES)
-    row = await queries.latest(sensor_id=sensor_id, principal=principal)
+    row = await queries.latest(sensor_id=sensor_id, principal=principal, source=client_address(request))
     return {
         "sensor_id": sensor_id,
         "reading": stored_public(row),

@@ -54,7 +54,7 @@ class TelemetryIngestServicer(telemetry_pb2_grpc.TelemetryIngestServicer):
         self.service = service
         self.settings = settings
 
-    async def _ingest(self, readings: Any) -> list[Outcome]:
+    async def _ingest(self, readings: Any, peer: str | None) -> list[Outcome]:
         principal = current_principal()
         require_any_role(principal, WRITER_ROLES)
         if len(readings) > self.settings.max_batch:
@@ -62,14 +62,14 @@ class TelemetryIngestServicer(telemetry_pb2_grpc.TelemetryIngestServicer):
                 413, detail="ingest.batch_too_large", params={"max": self.settings.max_batch, "count": len(readings)}
             )
         try:
-            return await self.service.ingest([from_proto(r) for r in readings], principal)
+            return await self.service.ingest([from_proto(r) for r in readings], principal, source=peer)
         except BusUnavailable as exc:
             raise _bus_problem(self.settings) from exc
 
     async def IngestBatch(self, request: Any, context: Any) -> telemetry_pb2.IngestBatchResponse:
         if not request.readings:
             raise ProblemError(400, detail="ingest.no_readings")
-        outcomes = await self._ingest(request.readings)
+        outcomes = await self._ingest(request.readings, context.peer())
         response = telemetry_pb2.IngestBatchResponse()
         fill_results(response, outcomes, language(context))
         return response
@@ -88,7 +88,7 @@ class TelemetryIngestServicer(telemetry_pb2_grpc.TelemetryIngestServicer):
         async for chunk in request_iterator:
             if not chunk.readings:
                 continue
-            outcomes = await self._ingest(chunk.readings)
+            outcomes = await self._ingest(chunk.readings, context.peer())
             fill_results(response, outcomes, lang, offset)
             offset += len(outcomes)
         return response
@@ -119,13 +119,14 @@ class TelemetryQueryServicer(telemetry_pb2_grpc.TelemetryQueryServicer):
             to_ms=request.to_ms or None,
             limit=request.limit or 1000,
             page_token=request.page_token or None,
+            source=context.peer(),
         )
         return telemetry_pb2.ListReadingsResponse(readings=[stored_proto(r) for r in rows], next_page_token=token or "")
 
     async def GetLatest(self, request: Any, context: Any) -> telemetry_pb2.GetLatestResponse:
         principal = current_principal()
         require_any_role(principal, READER_ROLES)
-        row = await self.queries.latest(sensor_id=request.sensor_id, principal=principal)
+        row = await self.queries.latest(sensor_id=request.sensor_id, principal=principal, source=context.peer())
         return telemetry_pb2.GetLatestResponse(reading=stored_proto(row), last_seen_ms=row.last_seen_ms)
 
     async def ListSensorStatus(self, request: Any, context: Any) -> telemetry_pb2.ListSensorStatusResponse:
@@ -136,5 +137,6 @@ class TelemetryQueryServicer(telemetry_pb2_grpc.TelemetryQueryServicer):
             state=request.state or None,
             limit=request.limit or 1000,
             page_token=request.page_token or None,
+            source=context.peer(),
         )
         return telemetry_pb2.ListSensorStatusResponse(sensors=items, next_page_token=token or "")

@@ -18,6 +18,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from lifeline.kit import i18n
+from lifeline.kit.audit import audit, is_cross_region
 from lifeline.kit.auth import Principal
 from lifeline.kit.bus import Bus
 from lifeline.kit.db import Database
@@ -96,7 +97,11 @@ class IngestService:
             self.dedup.seed(sensor_id, ts)
 
     async def ingest(
-        self, items: Sequence[tuple[str, int, Any, str, Any] | Rejection], principal: Principal
+        self,
+        items: Sequence[tuple[str, int, Any, str, Any] | Rejection],
+        principal: Principal,
+        *,
+        source: str | None = None,
     ) -> list[Outcome]:
         """Judge every reading; publish the accepted ones; raise BusUnavailable with nothing kept."""
         now = now_ms()
@@ -138,8 +143,26 @@ class IngestService:
             except BaseException:
                 for c in accepted:
                     dedup.release(c.sensor_id, c.device_time_ms)
+                audit(
+                    principal=principal,
+                    action="readings.write",
+                    resource="readings",
+                    region=self.region,
+                    source=source,
+                    outcome="unavailable",
+                    count=len(items),
+                )
                 raise
         result = [o for o in outcomes if o is not None]
+        audit(
+            principal=principal,
+            action="readings.write",
+            resource="readings",
+            region=self.region,
+            source=source,
+            count=len(items),
+            accepted=len(accepted),
+        )
         assert len(result) == len(items)
         readings_counter.add(len(accepted), {"outcome": "accepted"})
         if len(accepted) != len(items):
@@ -314,12 +337,26 @@ class IngestQueries:
         self.registry = registry
         self.db = db
 
-    def _visible_sensor(self, sensor_id: str, principal: Principal) -> RegisteredSensor:
+    def _visible_sensor(
+        self, sensor_id: str, principal: Principal, source: str | None, action: str
+    ) -> RegisteredSensor:
         sensor = self.registry.get(sensor_id)
         if sensor is None:
             raise ProblemError(404, detail="ingest.sensor_not_found", params={"sensor": sensor_id})
         if not principal.sees(sensor.region):
+            audit(
+                principal=principal,
+                action=action,
+                resource=f"sensor/{sensor_id}",
+                region=sensor.region,
+                source=source,
+                outcome="forbidden",
+            )
             raise ProblemError(403, detail="ingest.sensor_forbidden", params={"region": sensor.region})
+        if is_cross_region(principal, sensor.region):
+            audit(
+                principal=principal, action=action, resource=f"sensor/{sensor_id}", region=sensor.region, source=source
+            )
         return sensor
 
     async def readings(
@@ -331,9 +368,10 @@ class IngestQueries:
         to_ms: int | None,
         limit: int,
         page_token: str | None,
+        source: str | None = None,
     ) -> tuple[list[Any], str | None]:
         """A page of a sensor's readings ordered by device time, and the token of the next page."""
-        self._visible_sensor(sensor_id, principal)
+        self._visible_sensor(sensor_id, principal, source, "readings.read")
         if not 1 <= limit <= MAX_PAGE:
             raise ProblemError(400, detail="ingest.bad_limit", params={"max": MAX_PAGE})
         if from_ms is not None and to_ms is not None and from_ms >= to_ms:
@@ -351,9 +389,9 @@ class IngestQueries:
         next_token = encode_token(str(rows[limit - 1].device_time_ms)) if len(rows) > limit else None
         return rows[:limit], next_token
 
-    async def latest(self, *, sensor_id: str, principal: Principal) -> Any:
+    async def latest(self, *, sensor_id: str, principal: Principal, source: str | None = None) -> Any:
         """The sensor's latest reading by device time (404 if it never reported)."""
-        self._visible_sensor(sensor_id, principal)
+        self._visible_sensor(sensor_id, principal, source, "latest.read")
         async with self.db.transaction() as session:
             row = await repository.get_latest(session=session, sensor_id=sensor_id)
         if row is None:
@@ -361,7 +399,13 @@ class IngestQueries:
         return row
 
     async def statuses(
-        self, *, principal: Principal, state: int | None, limit: int, page_token: str | None
+        self,
+        *,
+        principal: Principal,
+        state: int | None,
+        limit: int,
+        page_token: str | None,
+        source: str | None = None,
     ) -> tuple[list[telemetry_pb2.SensorStatus], str | None]:
         """Online / offline / never-seen status of the sensors the principal may see, by sensor id."""
         if not 1 <= limit <= MAX_PAGE:
@@ -390,4 +434,14 @@ class IngestQueries:
             if len(out) > limit:
                 break
         next_token = encode_token(out[limit - 1].sensor_id) if len(out) > limit else None
+        regions = {s.region for s in out[:limit]}
+        if any(is_cross_region(principal, r) for r in regions):
+            audit(
+                principal=principal,
+                action="status.read",
+                resource="sensors/status",
+                region=principal.region,
+                source=source,
+                regions=sorted(regions),
+            )
         return out[:limit], next_token
