@@ -199,3 +199,21 @@ async def test_writes_and_cross_region_reads_are_audited(
     assert ("latest.read", "viewer-340200", "forbidden") in seen
     write = next(r for r in records if r.action == "readings.write")
     assert write.source.startswith("127.0.0.1:") and write.count == 1
+
+
+async def test_metrics_expose_ingest_rate_outbox_depth_and_consumer_lag(client: httpx.AsyncClient, ingest: IngestApp):
+    await client.post("/v1/readings", json={"readings": [reading(ts=now_ms() - 100), reading(sensor="NOPE")]})
+    await wait_stored(ingest, 1)
+    await ingest.sample_metrics()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {
+        (s.name, s.labels.get("outcome") or s.labels.get("consumer") or s.labels.get("service")): s.value
+        for family in text_string_to_metric_families((await client.get("/metrics")).text)
+        for s in family.samples
+    }
+    # Counters are process-wide (other tests in this worker add to them): at least ours.
+    assert samples[("lifeline_ingest_readings_total", "accepted")] >= 1
+    assert samples[("lifeline_ingest_readings_total", "rejected")] >= 1
+    assert samples[("lifeline_outbox_depth", "ingest")] == 0
+    assert samples[("lifeline_consumer_pending", "ingest-persist-340100")] == 0

@@ -13,6 +13,9 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
 from lifeline.kit.config import InstanceSettings
 from lifeline.kit.grpc import (
     GrpcServer,
@@ -24,8 +27,6 @@ from lifeline.kit.grpc import (
 from lifeline.kit.problems import FieldError, ProblemError
 from lifeline.kit.telemetry import setup_telemetry
 from lifeline.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
 
 QUERY = "lifeline.v1.TelemetryQuery"
 INGEST = "lifeline.v1.TelemetryIngest"

@@ -11,10 +11,11 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import Counter
+
 from lifeline.kit.config import InstanceSettings
 from lifeline.kit.http import create_http_app, serve_http
 from lifeline.kit.telemetry import get_meter, setup_telemetry
-from prometheus_client import Counter
 
 
 async def test_healthz_and_readyz_follow_the_checks() -> None:

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
 from lifeline.kit import i18n
 from lifeline.kit.http import serve_http
 from lifeline.kit.problems import (
@@ -19,7 +21,6 @@ from lifeline.kit.problems import (
     problem_to_proto,
 )
 from lifeline.v1 import common_pb2
-from pydantic import BaseModel, Field
 
 SECRET = "postgres://lifeline:hunter2@db.internal:5432/ingest"
 

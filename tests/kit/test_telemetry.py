@@ -9,6 +9,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY, generate_latest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
 from lifeline.kit.config import InstanceSettings
 from lifeline.kit.http import create_http_app, serve_http
 from lifeline.kit.telemetry import (
@@ -26,12 +33,6 @@ from lifeline.kit.telemetry import (
     setup_telemetry,
     telemetry_resource,
 )
-from opentelemetry import trace
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
-from prometheus_client import REGISTRY, generate_latest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 
 @pytest.fixture

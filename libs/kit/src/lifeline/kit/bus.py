@@ -293,6 +293,11 @@ class PullConsumer:
     def dlq_subject(self) -> str:
         return f"dlq.{self.stream}.{self.durable}"
 
+    async def pending(self) -> int:
+        """Messages of the stream this consumer has not yet processed (not delivered or not acked)."""
+        info = await self.bus.js.consumer_info(self.stream, self.durable)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
     def consumer_config(self) -> ConsumerConfig:
         """Durable, explicit-ack; the server redelivers a little past max_deliver so we can dead-letter."""
         return ConsumerConfig(

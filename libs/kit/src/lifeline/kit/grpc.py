@@ -20,6 +20,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health as health_module
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from lifeline.kit.i18n import DEFAULT_LANGUAGE, negotiate
 from lifeline.kit.problems import ProblemError
 from lifeline.kit.telemetry import current_trace_id, grpc_server_interceptors

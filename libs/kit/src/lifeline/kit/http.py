@@ -16,12 +16,13 @@ from typing import Any, Final
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from lifeline.kit.i18n import DEFAULT_LANGUAGE
-from lifeline.kit.problems import install_problem_handlers
-from lifeline.kit.telemetry import instrument_fastapi
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 from starlette.responses import Response
+
+from lifeline.kit.i18n import DEFAULT_LANGUAGE
+from lifeline.kit.problems import install_problem_handlers
+from lifeline.kit.telemetry import instrument_fastapi
 
 __all__ = ["HttpServer", "ReadinessCheck", "create_http_app", "serve_http"]
 

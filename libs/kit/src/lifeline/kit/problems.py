@@ -18,14 +18,15 @@ from typing import Any, Final
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from lifeline.kit.i18n import DEFAULT_LANGUAGE, has, negotiate, t
-from lifeline.kit.telemetry import current_trace_id
-from lifeline.v1 import common_pb2
 from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lifeline.kit.i18n import DEFAULT_LANGUAGE, has, negotiate, t
+from lifeline.kit.telemetry import current_trace_id
+from lifeline.v1 import common_pb2
 
 __all__ = [
     "PROBLEM_MEDIA_TYPE",

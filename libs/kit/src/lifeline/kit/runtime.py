@@ -16,9 +16,11 @@ from typing import Any, ClassVar, Protocol
 
 import grpc
 from fastapi import FastAPI
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from lifeline.kit.auth import AuthInterceptor, TokenVerifier
-from lifeline.kit.bus import Bus
+from lifeline.kit.bus import Bus, PullConsumer
 from lifeline.kit.config import InstanceSettings, ServiceSettings
 from lifeline.kit.db import Database
 from lifeline.kit.grpc import AddServicerFn, GrpcServer, start_grpc_server
@@ -27,6 +29,33 @@ from lifeline.kit.migrations import migrate
 from lifeline.kit.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
+
+# Latest sampled values, keyed by (metric, service, consumer); read by the observable gauges below,
+# whose callbacks must not do I/O (a scrape would otherwise wait on the database and NATS).
+_samples: dict[tuple[str, str, str], float] = {}
+
+
+def _gauge_callback(metric: str) -> Callable[[CallbackOptions], list[Observation]]:
+    def observe(_options: CallbackOptions) -> list[Observation]:
+        out = []
+        for (name, service, consumer), value in list(_samples.items()):
+            if name == metric:
+                attrs = {"service": service, **({"consumer": consumer} if consumer else {})}
+                out.append(Observation(value, attrs))
+        return out
+
+    return observe
+
+
+_meter = metrics.get_meter("lifeline.kit.runtime")
+_meter.create_observable_gauge(
+    "lifeline_outbox_depth", callbacks=[_gauge_callback("outbox_depth")], description="Outbox events not yet published"
+)
+_meter.create_observable_gauge(
+    "lifeline_consumer_pending",
+    callbacks=[_gauge_callback("consumer_pending")],
+    description="Messages a durable consumer has not processed yet (consumer lag)",
+)
 
 
 class Background(Protocol):
@@ -98,6 +127,7 @@ class Service:
     settings_cls: ClassVar[type[ServiceSettings]] = ServiceSettings
     migrations: ClassVar[Path | None] = None
     grpc_service_names: ClassVar[Sequence[str]] = ()
+    metrics_interval_s: ClassVar[float] = 5.0
 
     def __init__(
         self, *, instance: InstanceSettings, settings: ServiceSettings, bus: Bus, verifier: TokenVerifier
@@ -137,6 +167,7 @@ class Service:
         if self.migrations is not None:
             await migrate(self.database_url, self.migrations)
         await self.setup()
+        self.background.append(Periodic(f"{self.name}-metrics", self.metrics_interval_s, self.sample_metrics))
         self.app = self.create_app()
         self.app.state.db = self.db
         self.app.state.token_verifier = self.verifier
@@ -158,6 +189,16 @@ class Service:
             self.name,
             extra={"http": self.http.url, "grpc": self.grpc.address if self.grpc else None},
         )
+
+    async def sample_metrics(self) -> None:
+        """Sample outbox depth and consumer lag for the gauges."""
+        _samples[("outbox_depth", self.name, "")] = await self.relay.depth()
+        for part in self.background:
+            if isinstance(part, PullConsumer):
+                try:
+                    _samples[("consumer_pending", self.name, part.durable)] = await part.pending()
+                except Exception as exc:  # a metric sample never fails the service
+                    log.debug("consumer lag of %s unavailable: %r", part.durable, exc)
 
     async def _bus_ready(self) -> bool:
         return self.bus.connected
