@@ -22,7 +22,7 @@ def reading(sensor: str = "GAS-CH4-1", ts: int | None = None, value: float = 1.0
 
 async def stored_rows(app: IngestApp) -> list[tuple[str, int, float]]:
     async with app.db.transaction() as s:
-        res = await s.execute(
+        res = await (await s.connection()).execute(
             select(readings_table.c.sensor_id, readings_table.c.device_time_ms, readings_table.c.value).order_by(
                 readings_table.c.sensor_id, readings_table.c.device_time_ms
             )
@@ -32,13 +32,15 @@ async def stored_rows(app: IngestApp) -> list[tuple[str, int, float]]:
 
 async def count_rows(app: IngestApp) -> int:
     async with app.db.transaction() as s:
-        return int((await s.execute(select(func.count()).select_from(readings_table))).scalar_one())
+        return int(
+            (await (await s.connection()).execute(select(func.count()).select_from(readings_table))).scalar_one()
+        )
 
 
 async def latest_of(app: IngestApp, sensor: str) -> tuple[int, float] | None:
     async with app.db.transaction() as s:
         row = (
-            await s.execute(
+            await (await s.connection()).execute(
                 select(latest_table.c.device_time_ms, latest_table.c.value).where(latest_table.c.sensor_id == sensor)
             )
         ).first()

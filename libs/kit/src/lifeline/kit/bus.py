@@ -420,4 +420,12 @@ class PullConsumer:
             )
             return
         delay = self.backoff[min(delivered - 1, len(self.backoff) - 1)]
+        log.warning(
+            "consumer %s: message failed (delivery %d of %d), retrying in %.1fs: %r",
+            self.durable,
+            delivered,
+            self.max_deliver,
+            delay,
+            exc,
+        )
         await msg.nak(delay=delay)

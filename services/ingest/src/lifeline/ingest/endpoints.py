@@ -63,15 +63,16 @@ def require_any_role(principal: Principal, roles: tuple[str, ...]) -> None:
         raise ProblemError(403, detail="ingest.missing_role", params={"roles": ", ".join(roles)})
 
 
-def get_service(request: Request) -> IngestService:
+# async on purpose: FastAPI runs a plain `def` dependency in its thread pool, two thread hops per request.
+async def get_service(request: Request) -> IngestService:
     return request.app.state.ingest  # type: ignore[no-any-return]
 
 
-def get_queries(request: Request) -> IngestQueries:
+async def get_queries(request: Request) -> IngestQueries:
     return request.app.state.queries  # type: ignore[no-any-return]
 
 
-def get_settings(request: Request) -> IngestSettings:
+async def get_settings(request: Request) -> IngestSettings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 

@@ -7,33 +7,36 @@ from typing import Any
 
 from sqlalchemy import and_, case, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from lifeline.v1 import telemetry_pb2
 
-from .models import SensorLatest, StoredReadingRow, latest_table, readings_table
+from .models import latest_table, readings_table
 
 ONLINE = telemetry_pb2.SENSOR_STATE_ONLINE
 OFFLINE = telemetry_pb2.SENSOR_STATE_OFFLINE
 
 
-def _insert(session: AsyncSession, table: Any) -> Any:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+def _insert(conn: AsyncConnection, table: Any) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 async def insert_readings(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     """Store readings; one already stored under the same (sensor, device time) is left as it was."""
     if rows:
-        stmt = _insert(session, readings_table).on_conflict_do_nothing(index_elements=["sensor_id", "device_time_ms"])
-        await session.execute(stmt, list(rows))
+        conn = await session.connection()
+        stmt = _insert(conn, readings_table).on_conflict_do_nothing(index_elements=["sensor_id", "device_time_ms"])
+        await conn.execute(stmt, list(rows))
 
 
 async def upsert_latest(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     """Move each sensor's latest value forward by device time (never back) and its last-seen time."""
     if not rows:
         return
-    ins = _insert(session, latest_table)
+    conn = await session.connection()
+    ins = _insert(conn, latest_table)
     ex = ins.excluded
     t = latest_table.c
     newer = ex.device_time_ms > t.device_time_ms
@@ -54,7 +57,7 @@ async def upsert_latest(*, session: AsyncSession, rows: Sequence[dict[str, Any]]
             "state_changed_ms": case((t.state == ONLINE, t.state_changed_ms), else_=ex.state_changed_ms),
         },
     )
-    await session.execute(stmt, list(rows))
+    await conn.execute(stmt, list(rows))
 
 
 async def offline_among(*, session: AsyncSession, sensor_ids: Iterable[str]) -> set[str]:
@@ -62,7 +65,7 @@ async def offline_among(*, session: AsyncSession, sensor_ids: Iterable[str]) -> 
     ids = list(sensor_ids)
     if not ids:
         return set()
-    res = await session.execute(
+    res = await (await session.connection()).execute(
         select(latest_table.c.sensor_id).where(latest_table.c.state == OFFLINE, latest_table.c.sensor_id.in_(ids))
     )
     return {r[0] for r in res}
@@ -73,7 +76,7 @@ async def lookup_values(*, session: AsyncSession, keys: Sequence[tuple[str, int]
     if not keys:
         return {}
     c = readings_table.c
-    res = await session.execute(
+    res = await (await session.connection()).execute(
         select(c.sensor_id, c.device_time_ms, c.value).where(tuple_(c.sensor_id, c.device_time_ms).in_(list(keys)))
     )
     return {(r[0], r[1]): r[2] for r in res}
@@ -81,13 +84,13 @@ async def lookup_values(*, session: AsyncSession, keys: Sequence[tuple[str, int]
 
 async def latest_device_times(*, session: AsyncSession) -> dict[str, int]:
     """Greatest stored device time per sensor (seeds the front door's dedup index)."""
-    res = await session.execute(select(latest_table.c.sensor_id, latest_table.c.device_time_ms))
+    res = await (await session.connection()).execute(select(latest_table.c.sensor_id, latest_table.c.device_time_ms))
     return {r[0]: r[1] for r in res}
 
 
 async def list_readings(
     *, session: AsyncSession, sensor_id: str, from_ms: int | None, to_ms: int | None, after_ms: int | None, limit: int
-) -> list[StoredReadingRow]:
+) -> list[Row[Any]]:
     """A page of a sensor's readings in device-time order."""
     c = readings_table.c
     conds = [c.sensor_id == sensor_id]
@@ -97,18 +100,19 @@ async def list_readings(
         conds.append(c.device_time_ms < to_ms)
     if after_ms is not None:
         conds.append(c.device_time_ms > after_ms)
-    stmt = select(StoredReadingRow).where(and_(*conds)).order_by(c.device_time_ms).limit(limit)
-    return list((await session.execute(stmt)).scalars().all())
+    stmt = select(readings_table).where(and_(*conds)).order_by(c.device_time_ms).limit(limit)
+    return list((await (await session.connection()).execute(stmt)).all())
 
 
-async def get_latest(*, session: AsyncSession, sensor_id: str) -> SensorLatest | None:
+async def get_latest(*, session: AsyncSession, sensor_id: str) -> Row[Any] | None:
     """A sensor's latest reading and state."""
-    return await session.get(SensorLatest, sensor_id)
+    stmt = select(latest_table).where(latest_table.c.sensor_id == sensor_id)
+    return (await (await session.connection()).execute(stmt)).first()
 
 
-async def all_latest(*, session: AsyncSession) -> list[SensorLatest]:
+async def all_latest(*, session: AsyncSession) -> list[Row[Any]]:
     """Every sensor's latest row (a city has thousands of sensors, not millions)."""
-    return list((await session.execute(select(SensorLatest))).scalars().all())
+    return list((await (await session.connection()).execute(select(latest_table))).all())
 
 
 async def mark_offline(*, session: AsyncSession, sensor_ids: Sequence[str], now_ms: int) -> list[str]:
@@ -116,7 +120,7 @@ async def mark_offline(*, session: AsyncSession, sensor_ids: Sequence[str], now_
     if not sensor_ids:
         return []
     c = latest_table.c
-    res = await session.execute(
+    res = await (await session.connection()).execute(
         update(latest_table)
         .where(c.sensor_id.in_(list(sensor_ids)), c.state == ONLINE)
         .values(state=OFFLINE, state_changed_ms=now_ms)
@@ -127,4 +131,6 @@ async def mark_offline(*, session: AsyncSession, sensor_ids: Sequence[str], now_
 
 async def count_readings(*, session: AsyncSession) -> int:
     """Number of stored readings."""
-    return int((await session.execute(select(func.count()).select_from(readings_table))).scalar_one())
+    return int(
+        (await (await session.connection()).execute(select(func.count()).select_from(readings_table))).scalar_one()
+    )

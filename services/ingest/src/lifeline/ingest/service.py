@@ -42,6 +42,8 @@ DUPLICATE = telemetry_pb2.READING_STATUS_DUPLICATE
 REJECTED = telemetry_pb2.READING_STATUS_REJECTED
 CONFLICT = telemetry_pb2.REJECT_REASON_CONFLICT
 STATUS_NAME = {ACCEPTED: "accepted", DUPLICATE: "duplicate", REJECTED: "rejected"}
+# The persisting consumer inserts readings in chunks of about this many rows (one transaction).
+PERSIST_CHUNK_ROWS = 5_000
 
 
 def now_ms() -> int:
@@ -203,16 +205,16 @@ class IngestService:
                 outcomes[i] = self._judge_repeat(c, prior)
 
     async def _publish(self, accepted: list[Candidate], received_ms: int) -> None:
-        msg = telemetry_pb2.ReadingsAccepted(region=self.region, received_time_ms=received_ms)
+        msg = telemetry_pb2.ReadingsAccepted(region=self.region)
         add = msg.readings.add
         for c in accepted:
             add(sensor_id=c.sensor_id, device_time_ms=c.device_time_ms, value=c.value, unit=c.unit, quality=c.quality)
-        payload = msg.SerializeToString()
         # The id covers the readings, not the arrival time: a client's retry after a lost answer
         # republishes the same content, which JetStream then drops within its duplicate window.
-        digest = hashlib.blake2b(msg.readings[0].SerializeToString(), digest_size=8)
-        for r in msg.readings[1:]:
-            digest.update(r.SerializeToString())
+        # (One serialisation without the arrival time, rather than one per reading.)
+        digest = hashlib.blake2b(msg.SerializeToString(), digest_size=8)
+        msg.received_time_ms = received_ms
+        payload = msg.SerializeToString()
         await self.bus.publish(
             readings_subject(self.region),
             payload,
@@ -224,32 +226,45 @@ class IngestService:
 
     async def persist(self, batches: Sequence[telemetry_pb2.ReadingsAccepted]) -> None:
         """Store accepted readings idempotently, move latest values, and bring silent sensors back."""
-        rows: list[dict[str, Any]] = []
         latest: dict[str, dict[str, Any]] = {}
-        for batch in batches:
-            received = batch.received_time_ms
-            region = batch.region
-            for r in batch.readings:
-                row = {
-                    "sensor_id": r.sensor_id,
-                    "device_time_ms": r.device_time_ms,
-                    "value": r.value,
-                    "unit": r.unit,
-                    "quality": r.quality,
-                    "received_ms": received,
-                    "region": region,
-                }
-                rows.append(row)
-                cur = latest.get(r.sensor_id)
-                if cur is None or r.device_time_ms > cur["device_time_ms"]:
-                    latest[r.sensor_id] = {**row, "last_seen_ms": received, "state": 1, "state_changed_ms": received}
-                elif received > cur["last_seen_ms"]:
-                    cur["last_seen_ms"] = received
+        stored = 0
         with tracer.start_as_current_span("ingest.persist") as span:
-            span.set_attribute("lifeline.readings", len(rows))
             async with self.db.transaction() as session:
+                rows: list[dict[str, Any]] = []
+                for batch in batches:
+                    received = batch.received_time_ms
+                    region = batch.region
+                    for r in batch.readings:
+                        row = {
+                            "sensor_id": r.sensor_id,
+                            "device_time_ms": r.device_time_ms,
+                            "value": r.value,
+                            "unit": r.unit,
+                            "quality": r.quality,
+                            "received_ms": received,
+                            "region": region,
+                        }
+                        rows.append(row)
+                        cur = latest.get(r.sensor_id)
+                        if cur is None or r.device_time_ms > cur["device_time_ms"]:
+                            latest[r.sensor_id] = {
+                                **row,
+                                "last_seen_ms": received,
+                                "state": 1,
+                                "state_changed_ms": received,
+                            }
+                        elif received > cur["last_seen_ms"]:
+                            cur["last_seen_ms"] = received
+                    if len(rows) >= PERSIST_CHUNK_ROWS:
+                        # In chunks: a fetch from a backlog (consumer_batch messages of up to max_batch
+                        # readings) would otherwise hold 100,000 row dicts and their copies at once.
+                        await repository.insert_readings(session=session, rows=rows)
+                        stored += len(rows)
+                        rows = []
+                if rows:
+                    await repository.insert_readings(session=session, rows=rows)
+                    stored += len(rows)
                 back_online = await repository.offline_among(session=session, sensor_ids=latest.keys())
-                await repository.insert_readings(session=session, rows=rows)
                 await repository.upsert_latest(session=session, rows=list(latest.values()))
                 for sensor_id in sorted(back_online):
                     self._enqueue_status(
@@ -259,7 +274,8 @@ class IngestService:
                         latest[sensor_id]["last_seen_ms"],
                         latest[sensor_id]["last_seen_ms"],
                     )
-        persisted_counter.add(len(rows))
+            span.set_attribute("lifeline.readings", stored)
+        persisted_counter.add(stored)
 
     def _enqueue_status(self, session: Any, sensor_id: str, state: int, last_seen_ms: int, changed_ms: int) -> None:
         sensor = self.registry.get(sensor_id)

@@ -171,14 +171,24 @@ class Validator:
     def __init__(self, registry: SensorRegistry, limits: Limits) -> None:
         self.registry = registry
         self.limits = limits
+        # principal.sees(region) of the principal seen last: a batch has one principal and few regions,
+        # and principal.sees (two regex matches) cost more than all the other checks of a reading together.
+        self._sees_principal: Principal | None = None
+        self._sees: dict[str, bool] = {}
 
     def check(self, fields: tuple[str, int, Any, str, Any], principal: Principal, now_ms: int) -> Candidate | Rejection:
         sensor_id, ts, value, unit, quality = fields
         sensor = self.registry.get(sensor_id)
         if sensor is None:
             return Rejection(R.REJECT_REASON_UNKNOWN_SENSOR, {"sensor": sensor_id})
-        if not principal.sees(sensor.region):
-            return Rejection(R.REJECT_REASON_FORBIDDEN_REGION, {"region": sensor.region})
+        region = sensor.region
+        if principal is not self._sees_principal:
+            self._sees_principal, self._sees = principal, {}
+        sees = self._sees.get(region)
+        if sees is None:
+            sees = self._sees[region] = principal.sees(region)
+        if not sees:
+            return Rejection(R.REJECT_REASON_FORBIDDEN_REGION, {"region": region})
         if not sensor.active:
             return Rejection(R.REJECT_REASON_SENSOR_RETIRED, {"sensor": sensor_id})
         if quality not in VALID_QUALITIES:
@@ -206,4 +216,4 @@ class Validator:
             return Rejection(
                 R.REJECT_REASON_OUT_OF_RANGE, {"value": value, "low": low, "high": high, "unit": quantity.unit}
             )
-        return Candidate(sensor_id, ts, value, quantity.unit, quality, sensor.region)
+        return Candidate(sensor_id, ts, value, quantity.unit, quality, region)
