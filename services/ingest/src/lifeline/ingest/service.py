@@ -97,6 +97,10 @@ class IngestService:
             latest = await repository.latest_device_times(session=session)
         for sensor_id, ts in latest.items():
             self.dedup.seed(sensor_id, ts)
+        # Registered sensors with nothing stored start with an open window: no storage look-ups.
+        for sensor in self.registry:
+            if sensor.sensor_id not in latest:
+                self.dedup.seed(sensor.sensor_id, None)
 
     async def ingest(
         self,

@@ -1,0 +1,50 @@
+"""The front door's dedup index: what it knows, what it must ask storage about."""
+
+from __future__ import annotations
+
+from lifeline.ingest.dedup import NEW, UNKNOWN, DedupIndex
+
+
+def test_unseeded_sensor_asks_storage() -> None:
+    idx = DedupIndex()
+    assert idx.lookup("s", 100) is UNKNOWN
+
+
+def test_seeded_above_stored_latest() -> None:
+    idx = DedupIndex()
+    idx.seed("s", 1000)
+    assert idx.lookup("s", 1000) is UNKNOWN  # at or below what storage holds: ask storage
+    assert idx.lookup("s", 1001) is NEW
+    idx.reserve("s", 1001, 2.5)
+    assert idx.lookup("s", 1001) == 2.5
+    idx.release("s", 1001)
+    assert idx.lookup("s", 1001) is NEW
+
+
+def test_never_stored_sensor_has_an_open_window() -> None:
+    idx = DedupIndex()
+    idx.seed("s", None)
+    assert idx.lookup("s", -5) is NEW
+
+
+def test_pruning_raises_the_floor_and_keeps_the_newest() -> None:
+    idx = DedupIndex(per_sensor=8)
+    idx.seed("s", None)
+    for ts in range(1, 10):  # the 9th reservation prunes to the newest 4
+        idx.reserve("s", ts, float(ts))
+    assert len(idx) == 4
+    assert [idx.lookup("s", ts) for ts in (6, 7, 8, 9)] == [6.0, 7.0, 8.0, 9.0]
+    assert idx.lookup("s", 5) is UNKNOWN  # pruned: storage has it (or will)
+    assert idx.lookup("s", 10) is NEW
+
+
+def test_late_reading_kept_in_memory_does_not_lower_the_floor() -> None:
+    idx = DedupIndex(per_sensor=4)
+    idx.seed("s", 100)
+    idx.reserve("s", 50, 1.0)  # a late reading storage confirmed new
+    assert idx.lookup("s", 50) == 1.0
+    for ts in (101, 102, 103, 104):
+        idx.reserve("s", ts, 0.0)
+    # Pruned to the newest two; the floor never drops below where it started.
+    assert idx.lookup("s", 60) is UNKNOWN
+    assert idx.lookup("s", 103) == 0.0
