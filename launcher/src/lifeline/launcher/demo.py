@@ -1,0 +1,585 @@
+"""``lifeline demo``: a whole city instance on one machine, fed by the sensor simulator.
+
+Starts a nats-server (JetStream + MQTT) and the dev OpenID provider as child processes, the city
+instance of Hefei (340100) in single-process mode, then the simulator (a short backfill, then live, with
+a gas leak and a water-main burst a few minutes in). Prints where to look, then a progress line every
+~10 s. Later services join by being registered in :mod:`lifeline.launcher.instance` (the city tier runs
+every service that exists) and, optionally, by a demo section here (``DEMO_SETTINGS``, ``PANELS``,
+``PROGRESS``).
+
+With ``--speed N`` > 1 the simulation starts ``REPLAY_S`` in the past and replays it N× faster until it
+has caught up with the wall clock, then follows it: ingest refuses readings from the future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from lifeline.kit.auth import ClientCredentials
+from lifeline.kit.catalogue import load_quantities
+from lifeline.kit.config import InstanceSettings, Tier
+from lifeline.kit.natsserver import NatsServer, free_port, nats_server_binary
+from lifeline.kit.runtime import Service
+from lifeline.kit.telemetry import JsonLogFormatter, flush_telemetry, setup_telemetry
+
+from .idp import DevIdp, DevIdpUnavailable
+from .instance import Instance, install_stop_signals, load_service, services_for
+from .simulator import (
+    GasLeak,
+    Simulator,
+    SimulatorStats,
+    WaterBurst,
+    run_simulator,
+    sample_sensors,
+    sample_sensors_path,
+)
+
+log = logging.getLogger("lifeline.launcher.demo")
+
+REGION = "340100"
+REGION_NAME = "合肥市"
+# Fixed ports are easy to remember and paste; dev machines often run their own NATS on 4222 and an MQTT
+# broker on 1883, hence the 1xxxx ones. Any that is taken falls back to a free port.
+NATS_PORT = 14222
+MQTT_PORT = 11883
+NATS_MONITOR_PORT = 18222
+IDP_PORT = 8180
+SIMULATOR_CLIENT = ("simulator", "dev-secret")
+PARTNER_CLIENT = ("partner-340100", "dev-secret")
+GAS_LEAK_AT_S = 180.0
+BURST_AT_S = 420.0
+REPLAY_S = 1800.0
+PROGRESS_EVERY_S = 10.0
+CST = timezone(timedelta(hours=8))
+
+
+@dataclass
+class DemoOptions:
+    data_dir: Path = Path("var/demo")
+    speed: float = 1.0
+    duration: float | None = None
+    fresh: bool = False
+    backfill_hours: float = 2.0
+    seed: int = 340100
+    # Free ports everywhere instead of the memorable fixed ones (tests, a second demo beside the first).
+    free_ports: bool = False
+
+
+def port_or_free(preferred: int, host: str = "127.0.0.1") -> int:
+    """``preferred`` if nothing listens there, else a free port (also for ``preferred`` 0)."""
+    if not preferred:
+        return free_port(host)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the servers do: connections of the previous run in TIME_WAIT must not count as "taken".
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, preferred))
+        except OSError:
+            return free_port(host)
+    return preferred
+
+
+class DemoNats(NatsServer):
+    """NatsServer in a session of its own, so a terminal's Ctrl-C reaches the demo alone and the demo
+    stops the server after the services (else NATS would vanish under their graceful stop)."""
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.store_dir / "nats.conf"
+        conf.write_text(self.config_text())
+        log_path = self.log_file or (self.store_dir / "nats-server.log")
+        args = [nats_server_binary(), "-c", str(conf), "-l", str(log_path)]
+        self._proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self._proc.returncode}; see {log_path}")
+            if _listening(self.host, self.port) and _listening(self.host, self.mqtt_port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"nats-server did not listen on {self.port} within {timeout}s; see {log_path}")
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def catch_up_clock(speed: float, lead_s: float) -> Callable[[], float]:
+    """A clock for ``run_simulator``: device time runs ``speed``× until it reaches the wall clock.
+
+    The simulator's device time is ``start + elapsed × speed``; with ``start = now − lead_s`` this clock
+    returns ``min(wall, (lead_s + wall) / speed)`` so device time never passes the wall clock.
+    """
+    t0 = time.monotonic()
+
+    def clock() -> float:
+        wall = time.monotonic() - t0
+        return min(wall, (lead_s + wall) / speed) if speed > 1 else wall
+
+    return clock
+
+
+# ───────────────────────────────────── per-service demo parts ─────────────────────────────────────
+
+
+@dataclass
+class Demo:
+    """Everything the demo started, for the panels and progress lines."""
+
+    opts: DemoOptions
+    data_dir: Path
+    nats: DemoNats
+    idp: DevIdp
+    instance_settings: InstanceSettings
+    instance: Instance | None = None
+    sim: Simulator | None = None
+    clock: Callable[[], float] | None = None
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    accepted: int = 0
+
+    def service(self, name: str) -> Service | None:
+        return self.instance.services.get(name) if self.instance else None
+
+    def http_url(self, name: str) -> str:
+        svc = self.service(name)
+        assert svc is not None and svc.http is not None
+        return svc.http.url
+
+    def sim_now_ms(self) -> int | None:
+        if self.sim is None or self.clock is None:
+            return None
+        return self.sim.sim_time(self.clock())
+
+
+# Settings the demo gives a service on top of ports (keyword arguments of its settings class).
+DEMO_SETTINGS: dict[str, Callable[[Demo], dict[str, Any]]] = {
+    "ingest": lambda demo: {"sensors_file": sample_sensors_path()},
+}
+
+
+def _ingest_panel(demo: Demo, svc: Service) -> list[str]:
+    assert svc.http is not None
+    base = svc.http.url
+    grpc_addr = svc.grpc.address if svc.grpc else "—"
+    gas = demo.sim.incidents.get("gas_leak") if demo.sim else None
+    gas_sensor = gas.primary if gas else "HF-GS-CH4-001"
+    return [
+        "接入服务 ingest（读数校验、去重、存储、最新值、离线检测 / readings, latest values, no-data tracking）",
+        f"  REST 接口 API          {base}/v1",
+        f"  接口文档 OpenAPI docs   {base}/docs",
+        f"  gRPC（已开启反射 reflection on）  {grpc_addr}",
+        f"      grpcurl -plaintext {grpc_addr} list",
+        f'      grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d \'{{"sensor_id":"{gas_sensor}"}}\' \\',
+        f"          {grpc_addr} lifeline.v1.TelemetryQuery/GetLatest",
+        f"  指标 Metrics            {base}/metrics",
+        f"  就绪 Readiness          {base}/readyz",
+    ]
+
+
+def _ingest_try_it(demo: Demo, svc: Service) -> list[str]:
+    assert svc.http is not None
+    base = svc.http.url
+    gas = demo.sim.incidents.get("gas_leak") if demo.sim else None
+    gas_sensor = gas.primary if gas else "HF-GS-CH4-001"
+    return [
+        "  # 燃气监测点最新值 / latest value of a gas (CH4) sensor — the gas leak is scripted there",
+        f'  curl -s -H "Authorization: Bearer $TOKEN" {base}/v1/sensors/{gas_sensor}/latest',
+        "  # 它最近 15 分钟的读数 / its readings of the last 15 minutes",
+        '  curl -s -H "Authorization: Bearer $TOKEN" \\',
+        f'      "{base}/v1/sensors/{gas_sensor}/readings?from=$(( ($(date +%s) - 900) * 1000 ))"',
+        "  # 离线传感器 / sensors that went offline (also: online, never_seen; no state: all)",
+        f'  curl -s -H "Authorization: Bearer $TOKEN" "{base}/v1/sensors/status?state=offline"',
+    ]
+
+
+PANELS: dict[str, Callable[[Demo, Service], list[str]]] = {"ingest": _ingest_panel}
+TRY_IT: dict[str, Callable[[Demo, Service], list[str]]] = {"ingest": _ingest_try_it}
+
+
+def _metric_sum(text: str, name: str, label: str | None = None) -> float:
+    """Sum of the samples of ``name`` in Prometheus text (optionally only those carrying ``label``)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line[len(name) : len(name) + 1] not in ("{", " "):
+            continue
+        if label is not None and label not in line:
+            continue
+        with contextlib.suppress(ValueError, IndexError):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _ingest_progress(demo: Demo, svc: Service, http: httpx.AsyncClient, token: str) -> str:
+    assert svc.http is not None
+    base = svc.http.url
+    metrics = (await http.get(f"{base}/metrics")).text
+    demo.accepted = int(_metric_sum(metrics, "lifeline_ingest_readings_total", 'outcome="accepted"'))
+    duplicates = int(_metric_sum(metrics, "lifeline_ingest_readings_total", 'outcome="duplicate'))
+    rejected = int(_metric_sum(metrics, "lifeline_ingest_readings_total", 'outcome="rejected'))
+    demo.stored = int(_metric_sum(metrics, "lifeline_ingest_persisted_readings_total"))
+    resp = await http.get(
+        f"{base}/v1/sensors/status", params={"limit": 10000}, headers={"Authorization": f"Bearer {token}"}
+    )
+    states: dict[str, int] = {}
+    if resp.is_success:
+        for s in resp.json().get("sensors", []):
+            states[s["state"]] = states.get(s["state"], 0) + 1
+    line = (
+        f"读数 readings: 接收 accepted {demo.accepted:,} · 入库 stored {demo.stored:,}"
+        f" · 重复 dup {duplicates:,} · 拒收 rejected {rejected:,}"
+        f" | 传感器 sensors: 在线 online {states.get('online', 0)}"
+        f" · 离线 offline {states.get('offline', 0)} · 未上报 never {states.get('never_seen', 0)}"
+    )
+    # The sensor each running incident starts at, as stored: the numbers a user is watching for.
+    now = demo.sim_now_ms()
+    watched = []
+    if demo.sim is not None and now is not None:
+        for inc in demo.sim.incidents.values():
+            if inc.active(now):
+                latest = await http.get(
+                    f"{base}/v1/sensors/{inc.primary}/latest", headers={"Authorization": f"Bearer {token}"}
+                )
+                if latest.is_success:
+                    r = latest.json()["reading"]
+                    watched.append(f"{inc.primary} {r['value']:g} {r['unit']}")
+    if watched:
+        line += " | " + " · ".join(watched)
+    return line
+
+
+PROGRESS: dict[str, Callable[[Demo, Service, httpx.AsyncClient, str], Awaitable[str]]] = {
+    "ingest": _ingest_progress,
+}
+
+INCIDENT_NAMES = {"gas_leak": "燃气泄漏 gas leak", "water_burst": "供水爆管 water-main burst"}
+
+
+# ─────────────────────────────────────────── the panel ───────────────────────────────────────────
+
+
+def _cst(ms: int, fmt: str = "%H:%M:%S") -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone(CST).strftime(fmt)
+
+
+def panel(demo: Demo) -> str:
+    """The "where to look" text, in Chinese with English."""
+    idp, nats, s = demo.idp, demo.nats, demo.instance_settings
+    bar = "═" * 96
+    lines = [
+        bar,
+        f" Lifeline 城市生命线安全工程 演示 demo — {REGION_NAME} Hefei ({REGION})"
+        " · 城市级 city tier · 单进程 single process",
+        bar,
+        f"数据目录 Data dir        {demo.data_dir}   (--fresh 清空重来 / start from scratch)",
+        f"日志 Logs                {demo.data_dir / 'logs' / 'lifeline.log'}",
+        "",
+    ]
+    assert demo.instance is not None
+    for name, svc in demo.instance.services.items():
+        section = PANELS.get(name)
+        lines += section(demo, svc) if section else [f"{name}: {svc.http.url if svc.http else ''}"]
+        lines.append("")
+    lines += [
+        f"消息总线 NATS JetStream   {nats.url}   (监控 monitoring http://{nats.host}:{nats.monitor_port})",
+        f"MQTT 设备接入 devices     {nats.mqtt_url}   主题 topic devices/{REGION}/<client>/readings",
+        f"      mosquitto_pub -h {nats.host} -p {nats.mqtt_port} -q 1 -t devices/{REGION}/my-device/readings \\",
+        r'          -m "{\"readings\":[{\"sensor_id\":\"HF-GS-CH4-001\",\"time\":\"$(date -Iseconds)\",'
+        r'\"value\":0.4,\"unit\":\"%LEL\"}]}"',
+        f"      结果 results: mosquitto_sub -h {nats.host} -p {nats.mqtt_port} -t 'devices/{REGION}/my-device/results'",
+        "",
+        f"身份认证 OIDC issuer      {s.oidc_issuer}",
+        "  取令牌 get a token (client credentials; 其他客户端 other clients: deploy/dev-idp/realm.json,"
+        " 密钥 secret dev-secret):",
+        f"  TOKEN=$(curl -s -d grant_type=client_credentials -d client_id={PARTNER_CLIENT[0]} "
+        f"-d client_secret={PARTNER_CLIENT[1]} \\",
+        f"      {idp.token_endpoint()} \\",
+        "      | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
+        "",
+        "试一试 Try it:",
+    ]
+    for name, svc in demo.instance.services.items():
+        if name in TRY_IT:
+            lines += TRY_IT[name](demo, svc)
+    if demo.sim is not None:
+        sim = demo.sim
+        lines += ["", f"剧本 Scenario (模拟时间 simulated time, UTC+8; 速度 speed ×{sim.speed:g}):"]
+        if demo.opts.backfill_hours > 0:
+            begin = sim.start_ms - int(demo.opts.backfill_hours * 3_600_000)
+            lines.append(f"  历史回填 backfill       {_cst(begin, '%m-%d %H:%M')} → {_cst(sim.start_ms, '%H:%M')}")
+        for kind, inc in sim.incidents.items():
+            others = [k for k in inc.affected if k != inc.primary]
+            more = f" (+{len(others)} 相关 related: {', '.join(others[:3])}{'…' if len(others) > 3 else ''})"
+            lines.append(f"  {INCIDENT_NAMES.get(kind, kind):<22} {_cst(inc.start_ms)} 起 from  {inc.primary}{more}")
+        if sim.speed > 1:
+            lines.append(
+                f"  以 ×{sim.speed:g} 重放最近 {REPLAY_S / 60:.0f} 分钟，追上当前时间后实时运行"
+                f" / replays the last {REPLAY_S / 60:.0f} min ×{sim.speed:g}, then live"
+            )
+    lines += ["", "每约 10 秒一行进度 / a progress line every ~10 s.  按 Ctrl-C 停止 / press Ctrl-C to stop.", bar]
+    return "\n".join(lines)
+
+
+# ─────────────────────────────────────────── running ───────────────────────────────────────────
+
+
+def _demo_logging(log_file: Path, console_level: int = logging.WARNING) -> None:
+    """Full JSON logs go to a file; the console keeps the panel, progress lines and warnings."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    _console_level(console_level)
+    fh = logging.FileHandler(log_file, encoding="utf-8")
+    fh.setFormatter(JsonLogFormatter())
+    fh.setLevel(logging.INFO)
+    root.addHandler(fh)
+    root.setLevel(logging.INFO)
+
+
+def _console_level(level: int) -> None:
+    for h in logging.getLogger().handlers:
+        if getattr(h, "_lifeline_handler", False):
+            h.setLevel(level)
+
+
+def _clear(data_dir: Path, out: TextIO) -> None:
+    if data_dir.exists():
+        print(f"--fresh: 删除 removing {data_dir}", file=out)
+        shutil.rmtree(data_dir)
+
+
+async def _progress_line(demo: Demo, http: httpx.AsyncClient, token_source: ClientCredentials) -> str:
+    elapsed = int(time.monotonic() - demo.started)
+    head = f"[{elapsed // 60:02d}:{elapsed % 60:02d}]"
+    now = demo.sim_now_ms()
+    if now is not None and demo.sim is not None:
+        head += f" 模拟时间 sim {_cst(now)}"
+        active = [INCIDENT_NAMES.get(k, k) for k, inc in demo.sim.incidents.items() if inc.active(now)]
+        if active:
+            head += " ⚠ " + ", ".join(active)
+    parts = [head]
+    assert demo.instance is not None
+    try:
+        token = await token_source.token()
+        for name, svc in demo.instance.services.items():
+            if name in PROGRESS:
+                parts.append(await PROGRESS[name](demo, svc, http, token))
+    except Exception as exc:
+        parts.append(f"(进度查询失败 progress query failed: {exc!r})")
+    return " | ".join(parts)
+
+
+async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
+    """Run the demo until Ctrl-C/SIGTERM or ``opts.duration``; see the module docstring."""
+    started = time.monotonic()
+    stop = asyncio.Event()
+    remove_signals = install_stop_signals(stop)
+    data_dir = opts.data_dir.resolve()
+    if opts.fresh:
+        _clear(data_dir, out)
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)
+
+    def port(preferred: int) -> int:
+        return port_or_free(0 if opts.free_ports else preferred)
+
+    nats = DemoNats(
+        store_dir=data_dir / "nats",
+        port=port(NATS_PORT),
+        mqtt_port=port(MQTT_PORT),
+        monitor_port=port(NATS_MONITOR_PORT),
+    )
+    idp = DevIdp(port=0 if opts.free_ports else port_or_free(IDP_PORT), log_file=data_dir / "logs" / "dev-idp.log")
+    demo: Demo | None = None
+    sim_task: asyncio.Task[SimulatorStats] | None = None
+    sim_stop = asyncio.Event()
+    creds: list[ClientCredentials] = []
+    rc = 0
+    try:
+        say(f"启动 starting nats-server (JetStream, MQTT) on {nats.url} …")
+        await asyncio.to_thread(nats.start)
+        _check(stop)
+        say(f"启动 starting the dev identity provider (node deploy/dev-idp) on port {idp.port or '(free)'} …")
+        await asyncio.to_thread(idp.start)
+        _check(stop)
+        settings = InstanceSettings(
+            tier=Tier.CITY,
+            region=REGION,
+            region_name=REGION_NAME,
+            data_dir=data_dir / f"city-{REGION}",
+            nats_url=nats.url,
+            oidc_issuer=idp.issuer(),
+            log_json=False,
+        )
+        setup_telemetry(settings)
+        _demo_logging(data_dir / "logs" / "lifeline.log")
+        demo = Demo(opts=opts, data_dir=data_dir, nats=nats, idp=idp, instance_settings=settings, started=started)
+        names = services_for("all", Tier.CITY)
+        overrides = {name: _service_overrides(name, demo) for name in names}
+        say(f"启动 starting city instance {REGION} ({', '.join(names)}) …")
+        demo.instance = Instance(settings, names, overrides)
+        await demo.instance.start()
+        _check(stop)
+
+        catalogue = load_quantities(None)
+        lead_s = REPLAY_S if opts.speed > 1 else 0.0
+        sim = Simulator(
+            sample_sensors(catalogue),
+            catalogue,
+            opts.seed,
+            int(time.time() * 1000 - lead_s * 1000),
+            opts.speed,
+            gas_leak=GasLeak(start_s=GAS_LEAK_AT_S),
+            water_burst=WaterBurst(start_s=BURST_AT_S),
+        )
+        demo.sim = sim
+        demo.clock = catch_up_clock(opts.speed, lead_s)
+        say()
+        say(panel(demo))
+        say()
+
+        sim_creds = ClientCredentials(settings.oidc_issuer, *SIMULATOR_CLIENT)
+        reader_creds = ClientCredentials(settings.oidc_issuer, settings.oidc_client_id, settings.oidc_client_secret)
+        creds += [sim_creds, reader_creds]
+        sim_task = asyncio.create_task(
+            run_simulator(
+                demo.http_url("ingest"),
+                sim_creds.token,
+                sim,
+                stop_event=sim_stop,
+                backfill_hours=opts.backfill_hours,
+                clock=demo.clock,
+            ),
+            name="simulator",
+        )
+        rc = await _watch(demo, opts, stop, sim_task, reader_creds, say)
+    except _Interrupted:
+        rc = 0
+    except DevIdpUnavailable as exc:
+        say(f"演示无法启动 the demo cannot start: {exc}")
+        rc = 1
+    except Exception as exc:
+        log.exception("demo failed")
+        say(f"演示失败 demo failed: {exc}")
+        rc = 1
+    finally:
+        say("停止中 stopping …")
+        # The file log keeps everything; the console need not show the bus going away as it closes.
+        _console_level(logging.ERROR)
+        sim_stop.set()
+        if sim_task is not None:
+            with contextlib.suppress(Exception):
+                stats = await asyncio.wait_for(sim_task, 15)
+                say(
+                    f"模拟器 simulator: 发送 sent {stats.sent:,} · 接收 accepted {stats.accepted:,}"
+                    f" · 重复 duplicates {stats.duplicates:,} · 拒收 rejected {stats.rejected:,}"
+                    f" · 重试 retries {stats.retries:,}"
+                )
+        if demo is not None and demo.instance is not None:
+            await demo.instance.stop()
+        for c in creds:
+            with contextlib.suppress(Exception):
+                await c.aclose()
+        await asyncio.to_thread(idp.stop)
+        await asyncio.to_thread(nats.stop)
+        flush_telemetry()
+        remove_signals()
+        say("已停止 stopped.")
+    return rc
+
+
+class _Interrupted(Exception):
+    """Ctrl-C/SIGTERM while starting up."""
+
+
+def _check(stop: asyncio.Event) -> None:
+    if stop.is_set():
+        raise _Interrupted
+
+
+def _service_overrides(name: str, demo: Demo) -> dict[str, Any]:
+    fields = load_service(name).settings_cls.model_fields
+    out: dict[str, Any] = {}
+    for key in ("http_port", "grpc_port"):
+        default = fields[key].default if key in fields and not demo.opts.free_ports else 0
+        out[key] = port_or_free(default) if default else 0
+    extra = DEMO_SETTINGS.get(name)
+    if extra is not None:
+        out.update(extra(demo))
+    return out
+
+
+async def _watch(
+    demo: Demo,
+    opts: DemoOptions,
+    stop: asyncio.Event,
+    sim_task: asyncio.Task[SimulatorStats],
+    reader: ClientCredentials,
+    say: Callable[[str], None],
+) -> int:
+    """Print progress until stopped; with a duration, 0 only if readings were stored."""
+    # --duration counts from the demo's start, start-up included: the run's length is predictable.
+    deadline = demo.started + opts.duration if opts.duration else None
+    announced: set[str] = set()
+    async with httpx.AsyncClient(timeout=10) as http:
+        next_line = demo.started + PROGRESS_EVERY_S
+        while not stop.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if sim_task.done() and sim_task.exception() is not None:
+                say(f"模拟器出错退出 the simulator failed: {sim_task.exception()!r}")
+                return 1
+            wake = min(next_line, deadline) if deadline is not None else next_line
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, min(wake - now, 1.0)))
+            _announce_incidents(demo, announced, say)
+            if time.monotonic() >= next_line:
+                while next_line <= time.monotonic():
+                    next_line += PROGRESS_EVERY_S
+                say(await _progress_line(demo, http, reader))
+        if next_line - time.monotonic() < PROGRESS_EVERY_S - 2:
+            say(await _progress_line(demo, http, reader))  # the final figures, unless just printed
+        else:
+            await _progress_line(demo, http, reader)  # still refresh demo.stored for the exit code
+    if opts.duration and demo.stored <= 0:
+        say(f"没有读数入库 no readings were stored; see {demo.data_dir / 'logs' / 'lifeline.log'}")
+        return 1
+    return 0
+
+
+def _announce_incidents(demo: Demo, announced: set[str], say: Callable[[str], None]) -> None:
+    now = demo.sim_now_ms()
+    if now is None or demo.sim is None:
+        return
+    for kind, inc in demo.sim.incidents.items():
+        if kind not in announced and inc.start_ms <= now:
+            announced.add(kind)
+            say(
+                f"▶ {INCIDENT_NAMES.get(kind, kind)} 开始 started ({_cst(inc.start_ms)}) at {inc.primary}"
+                f" — curl …/v1/sensors/{inc.primary}/latest"
+            )

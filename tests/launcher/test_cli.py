@@ -1,0 +1,289 @@
+"""The `lifeline` command: arguments, the service registry and tier rules, and `lifeline run` as a real
+process against a real nats-server and the dev OpenID provider."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from lifeline.kit.config import Tier
+from lifeline.kit.natsserver import free_port
+from lifeline.kit.runtime import Service
+from lifeline.launcher import cli
+from lifeline.launcher.instance import (
+    SERVICES,
+    TIER_SERVICES,
+    ServiceSelectionError,
+    Supervisor,
+    load_service,
+    services_for,
+)
+
+LIFELINE = Path(sys.executable).parent / "lifeline"
+# Not the region of the ingest tests' fixtures: the durable consumers and subjects carry the region, so
+# this instance and theirs never share a consumer on a worker's nats-server.
+REGION = "340200"
+
+
+# ─────────────────────────────── arguments ───────────────────────────────
+
+
+def test_run_arguments() -> None:
+    args = cli.build_parser().parse_args(
+        ["run", "--tier", "city", "--region", "340100", "--services", "ingest", "--processes"]
+    )
+    assert (args.command, args.tier, args.region, args.services, args.processes) == (
+        "run",
+        "city",
+        "340100",
+        "ingest",
+        True,
+    )
+
+
+def test_run_defaults_leave_tier_and_region_to_the_environment() -> None:
+    args = cli.build_parser().parse_args(["run"])
+    assert args.tier is None and args.region is None
+    assert args.services == "all" and args.processes is False
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--region", "3401"],
+        ["run", "--tier", "county"],
+        ["demo", "--speed", "0"],
+        ["demo", "--duration", "-5"],
+        ["simulate", "--speed", "fast"],
+        [],
+    ],
+)
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_demo_arguments() -> None:
+    args = cli.build_parser().parse_args(["demo"])
+    assert (args.data_dir, args.speed, args.duration, args.fresh) == (Path("var/demo"), 1.0, None, False)
+    args = cli.build_parser().parse_args(
+        ["demo", "--data-dir", "/tmp/x", "--speed", "10", "--duration", "40", "--fresh"]
+    )
+    assert (args.data_dir, args.speed, args.duration, args.fresh) == (Path("/tmp/x"), 10.0, 40.0, True)
+
+
+def test_simulate_arguments() -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "simulate",
+            "--url",
+            "http://127.0.0.1:9999",
+            "--client-id",
+            "simulator",
+            "--client-secret",
+            "s3cret",
+            "--issuer",
+            "http://127.0.0.1:8180/realms/lifeline",
+            "--speed",
+            "5",
+            "--sensors",
+            "sensors.csv",
+        ]
+    )
+    assert args.url == "http://127.0.0.1:9999"
+    assert (args.client_id, args.client_secret) == ("simulator", "s3cret")
+    assert args.issuer == "http://127.0.0.1:8180/realms/lifeline"
+    assert (args.speed, args.sensors) == (5.0, Path("sensors.csv"))
+
+
+def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIFELINE_TIER", "province")
+    monkeypatch.setenv("LIFELINE_REGION", "340000")
+    monkeypatch.setenv("LIFELINE_NATS_URL", "nats://10.0.0.1:4222")
+    from_env = cli.instance_settings()
+    assert (from_env.tier, from_env.region) == (Tier.PROVINCE, "340000")
+    flagged = cli.instance_settings("city", "340100")
+    assert (flagged.tier, flagged.region) == (Tier.CITY, "340100")
+    assert flagged.nats_url == "nats://10.0.0.1:4222"
+
+
+def test_run_refuses_what_the_tier_does_not_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run", "--tier", "province", "--region", "340000", "--services", "ingest"]) == 2
+    assert "does not run at the province tier" in capsys.readouterr().err
+    assert cli.main(["run", "--tier", "national", "--region", "100000"]) == 2
+    assert "nothing to run" in capsys.readouterr().err
+
+
+# ─────────────────────────────── registry and tiers ───────────────────────────────
+
+
+def test_every_registered_service_loads_and_runs_at_some_tier() -> None:
+    for name in SERVICES:
+        cls = load_service(name)
+        assert issubclass(cls, Service)
+        assert cls.name == name
+        assert any(name in allowed for allowed in TIER_SERVICES.values())
+
+
+def test_ingest_is_a_city_service() -> None:
+    from lifeline.ingest.app import IngestApp
+
+    assert load_service("ingest") is IngestApp
+    assert "ingest" in TIER_SERVICES[Tier.CITY]
+    assert "ingest" not in TIER_SERVICES[Tier.PROVINCE]
+    assert "ingest" not in TIER_SERVICES[Tier.NATIONAL]
+
+
+def test_all_means_every_existing_service_of_the_tier() -> None:
+    assert services_for("all", "city") == [n for n in SERVICES if n in TIER_SERVICES[Tier.CITY]]
+    assert "ingest" in services_for("all", Tier.CITY)
+    for tier in (Tier.PROVINCE, Tier.NATIONAL):
+        expected = [n for n in SERVICES if n in TIER_SERVICES[tier]]
+        if expected:
+            assert services_for("all", tier) == expected
+            assert "ingest" not in expected
+        else:
+            with pytest.raises(ServiceSelectionError, match="nothing to run"):
+                services_for("all", tier)
+
+
+def test_named_services() -> None:
+    assert services_for("ingest", "city") == ["ingest"]
+    assert services_for(" ingest , ingest ", "city") == ["ingest"]
+    with pytest.raises(ServiceSelectionError, match="unknown service 'nope'"):
+        services_for("ingest,nope", "city")
+    with pytest.raises(ServiceSelectionError, match="province"):
+        services_for("ingest", "province")
+    with pytest.raises(ServiceSelectionError):
+        services_for("all,ingest", "city")
+    with pytest.raises(ServiceSelectionError):
+        services_for(" , ", "city")
+
+
+def test_children_run_one_service_with_the_parents_settings() -> None:
+    settings = cli.instance_settings("city", "340100")
+    sup = Supervisor(settings, ["ingest"])
+    cmd = sup.command("ingest")
+    assert cmd[:3] == [sys.executable, "-m", "lifeline.launcher.cli"]
+    assert cmd[3:] == ["run", "--tier", "city", "--region", "340100", "--services", "ingest"]
+    env = sup.child_env()
+    assert (env["LIFELINE_TIER"], env["LIFELINE_REGION"]) == ("city", "340100")
+
+
+# ─────────────────────────────── `lifeline run` as a process ───────────────────────────────
+
+
+@pytest.fixture
+def run_env(nats_server, oidc_provider, tmp_path: Path) -> dict[str, str]:
+    if not nats_server.running:
+        nats_server.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env.update(
+        {
+            "LIFELINE_NATS_URL": nats_server.url,
+            "LIFELINE_OIDC_ISSUER": oidc_provider.issuer,
+            "LIFELINE_DATA_DIR": str(tmp_path / "data"),
+            "LIFELINE_INGEST_HTTP_PORT": str(free_port()),
+            "LIFELINE_INGEST_GRPC_PORT": str(free_port()),
+            "LIFELINE_LOG_JSON": "false",
+        }
+    )
+    return env
+
+
+def _ready_url(env: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{env['LIFELINE_INGEST_HTTP_PORT']}/readyz"
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"lifeline exited early with {proc.returncode}"
+        try:
+            resp = httpx.get(url, timeout=2)
+            if resp.status_code == 200:
+                return resp.json()
+            last = resp.text
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not ready within {timeout}s: {last}")
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"lifeline did not stop within {timeout}s:\n{err.decode()[-3000:]}") from None
+    return proc.returncode, err.decode(errors="replace")
+
+
+def test_run_single_process_serves_then_stops_on_sigterm(run_env: dict[str, str]) -> None:
+    proc = subprocess.Popen(
+        [str(LIFELINE), "run", "--tier", "city", "--region", REGION, "--services", "all"],
+        env=run_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        body = _wait_ready(_ready_url(run_env), proc)
+        assert body["checks"] == {"database": "ok", "bus": "ok"}
+        # The service's own database lives in the instance's data directory.
+        assert (Path(run_env["LIFELINE_DATA_DIR"]) / "ingest.db").is_file()
+        started = time.monotonic()
+        rc, err = _stop(proc)
+        assert rc == 0, err[-3000:]
+        assert time.monotonic() - started < 10
+        assert "service ingest stopped" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_run_processes_restarts_a_dead_child_and_stops_all_on_sigterm(run_env: dict[str, str]) -> None:
+    proc = subprocess.Popen(
+        [str(LIFELINE), "run", "--tier", "city", "--region", REGION, "--processes"],
+        env=run_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_ready(_ready_url(run_env), proc, timeout=45)
+        parent = psutil.Process(proc.pid)
+        children = parent.children()
+        assert len(children) == 1 and "--services" in children[0].cmdline()
+        first = children[0]
+        first.kill()  # a crash, not a graceful stop
+        first.wait(10)
+        # Restarted after a short backoff, on the same ports.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and [c.pid for c in parent.children()] in ([], [first.pid]):
+            time.sleep(0.2)
+        (second,) = parent.children()
+        assert second.pid != first.pid
+        _wait_ready(_ready_url(run_env), proc, timeout=45)
+        rc, err = _stop(proc, timeout=30)
+        assert rc == 0, err[-3000:]
+        assert "restarting" in err
+        assert not second.is_running() or second.status() == psutil.STATUS_ZOMBIE
+    finally:
+        if proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
