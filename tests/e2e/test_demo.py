@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lifeline.launcher.idp import find_dev_idp_dir
+from lifeline.kit.devidp import find_dev_idp_dir
 
 LIFELINE = Path(sys.executable).parent / "lifeline"
 

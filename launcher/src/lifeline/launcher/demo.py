@@ -18,7 +18,6 @@ import contextlib
 import logging
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -32,11 +31,11 @@ import httpx
 from lifeline.kit.auth import ClientCredentials
 from lifeline.kit.catalogue import load_quantities
 from lifeline.kit.config import InstanceSettings, Tier
-from lifeline.kit.natsserver import NatsServer, free_port, nats_server_binary
+from lifeline.kit.devidp import DevIdp, DevIdpUnavailable
+from lifeline.kit.natsserver import NatsServer, free_port
 from lifeline.kit.runtime import Service
 from lifeline.kit.telemetry import JsonLogFormatter, flush_telemetry, setup_telemetry
 
-from .idp import DevIdp, DevIdpUnavailable
 from .instance import Instance, install_stop_signals, load_service, services_for
 from .simulator import (
     GasLeak,
@@ -93,40 +92,6 @@ def port_or_free(preferred: int, host: str = "127.0.0.1") -> int:
     return preferred
 
 
-class DemoNats(NatsServer):
-    """NatsServer in a session of its own, so a terminal's Ctrl-C reaches the demo alone and the demo
-    stops the server after the services (else NATS would vanish under their graceful stop)."""
-
-    def start(self, timeout: float = 10.0) -> None:
-        if self.running:
-            return
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        conf = self.store_dir / "nats.conf"
-        conf.write_text(self.config_text())
-        log_path = self.log_file or (self.store_dir / "nats-server.log")
-        args = [nats_server_binary(), "-c", str(conf), "-l", str(log_path)]
-        self._proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self._proc.returncode}; see {log_path}")
-            if _listening(self.host, self.port) and _listening(self.host, self.mqtt_port):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"nats-server did not listen on {self.port} within {timeout}s; see {log_path}")
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 def catch_up_clock(speed: float, lead_s: float) -> Callable[[], float]:
     """A clock for ``run_simulator``: device time runs ``speed``× until it reaches the wall clock.
 
@@ -151,7 +116,7 @@ class Demo:
 
     opts: DemoOptions
     data_dir: Path
-    nats: DemoNats
+    nats: NatsServer
     idp: DevIdp
     instance_settings: InstanceSettings
     instance: Instance | None = None
@@ -407,7 +372,8 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
     def port(preferred: int) -> int:
         return port_or_free(0 if opts.free_ports else preferred)
 
-    nats = DemoNats(
+    nats = NatsServer(
+        new_session=True,
         store_dir=data_dir / "nats",
         port=port(NATS_PORT),
         mqtt_port=port(MQTT_PORT),

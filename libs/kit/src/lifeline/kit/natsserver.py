@@ -45,6 +45,8 @@ class NatsServer:
     max_file_store: str = "16GB"
     max_memory_store: str = "64MB"
     log_file: Path | None = None
+    # Own session: a terminal's Ctrl-C reaches the demo alone, which stops NATS after the services.
+    new_session: bool = False
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -83,7 +85,9 @@ class NatsServer:
         conf.write_text(self.config_text())
         log = self.log_file or (self.store_dir / "nats-server.log")
         args = [nats_server_binary(), "-c", str(conf), "-l", str(log)]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=self.new_session
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import selectors
 import shutil
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from lifeline.kit.devidp import DevIdp, find_dev_idp_dir
 
 __all__ = [
     "TEST_AUDIENCE",
@@ -76,25 +74,12 @@ TEST_CLIENTS: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def find_dev_idp_dir() -> Path | None:
-    """The deploy/dev-idp directory of this checkout (env LIFELINE_DEV_IDP_DIR overrides)."""
-    override = os.environ.get("LIFELINE_DEV_IDP_DIR")
-    if override:
-        return Path(override)
-    candidates = [Path(__file__).resolve(), Path.cwd().resolve()]
-    for start in candidates:
-        for parent in [start, *start.parents]:
-            if (parent / "deploy" / "dev-idp" / "server.js").is_file():
-                return parent / "deploy" / "dev-idp"
-    return None
-
-
 @dataclass
 class DevOIDCProvider:
     """A running dev provider: where it is, its test clients, and dev-only controls."""
 
     base_url: str
-    process: subprocess.Popen[bytes]
+    process: DevIdp
     realm: str = "lifeline"
     audience: str = TEST_AUDIENCE
     clients: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -205,81 +190,27 @@ class TokenFactory:
         return await self(client_id, realm=realm)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path) -> int:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + _START_TIMEOUT
-    buffer = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=0.2):
-                if proc.poll() is not None:
-                    break
-                continue
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            buffer += chunk
-            for line in buffer.decode(errors="replace").splitlines():
-                if line.startswith("READY "):
-                    return int(line.split()[1])
-    proc.kill()
-    proc.wait()
-    log = log_path.read_text(errors="replace")[-4000:]
-    raise RuntimeError(f"dev OpenID provider did not become ready; stdout={buffer!r}\nstderr:\n{log}")
-
-
 @pytest.fixture(scope="session")
 def oidc_provider() -> Iterator[DevOIDCProvider]:
     """The dev OpenID provider (deploy/dev-idp) on a free port, realms ``lifeline`` and ``other``."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("Node.js (`node`) is not installed; the dev OpenID provider needs it")
     idp_dir = find_dev_idp_dir()
-    if idp_dir is None:
-        pytest.skip("deploy/dev-idp/server.js not found from this checkout")
-    if not (idp_dir / "node_modules" / "oidc-provider").is_dir():
-        pytest.skip(f"{idp_dir}/node_modules is missing; run `make bootstrap` (npm ci in deploy/dev-idp)")
-
+    if shutil.which("node") is None:
+        pytest.skip("Node.js (`node`) is not installed; the dev OpenID provider needs it")
+    if idp_dir is None or not (idp_dir / "node_modules" / "oidc-provider").is_dir():
+        pytest.skip("deploy/dev-idp or its node_modules is missing; run `make bootstrap`")
     with tempfile.TemporaryDirectory(prefix="lifeline-idp-") as tmp:
         config = Path(tmp) / "realms.json"
         config.write_text(json.dumps({"realms": {r: {"clients": cs} for r, cs in TEST_CLIENTS.items()}}))
-        log_path = Path(tmp) / "idp.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    node,
-                    str(idp_dir / "server.js"),
-                    "--config",
-                    str(config),
-                    "--port",
-                    "0",
-                    "--host",
-                    "127.0.0.1",
-                ],
-                cwd=idp_dir,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                env={**os.environ, "IDP_DEV_ENDPOINTS": "1"},
-            )
+        idp = DevIdp(port=0, config=config, log_file=Path(tmp) / "idp.log", new_session=False)
+        idp.start()
         try:
-            port = _wait_ready(proc, log_path)
-            provider = DevOIDCProvider(
-                base_url=f"http://127.0.0.1:{port}",
-                process=proc,
+            yield DevOIDCProvider(
+                base_url=idp.base_url,
+                process=idp,
                 clients={r: {c["client_id"]: dict(c) for c in cs} for r, cs in TEST_CLIENTS.items()},
             )
-            yield provider
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            idp.stop()
 
 
 @pytest.fixture(scope="session")

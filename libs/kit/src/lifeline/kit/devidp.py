@@ -1,4 +1,4 @@
-"""The dev OpenID provider (``deploy/dev-idp``, Node.js) as a child process of the demo."""
+"""The dev OpenID provider (``deploy/dev-idp``, Node.js) as a child process: for the demo, tests, benchmarks."""
 
 from __future__ import annotations
 
@@ -38,10 +38,13 @@ class DevIdp:
     config: Path | None = None  # default: realm.json beside server.js
     log_file: Path | None = None
     start_timeout_s: float = 30.0
+    # Own session: a terminal's Ctrl-C reaches the demo alone, which stops the provider last.
+    new_session: bool = True
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
+        """``http://host:port`` of the provider."""
         return f"http://{self.host}:{self.port}"
 
     def issuer(self, realm: str = DEFAULT_REALM) -> str:
@@ -49,6 +52,7 @@ class DevIdp:
         return f"{self.base_url}/realms/{realm}"
 
     def token_endpoint(self, realm: str = DEFAULT_REALM) -> str:
+        """The realm's token endpoint."""
         return f"{self.issuer(realm)}/protocol/openid-connect/token"
 
     def start(self) -> None:
@@ -72,14 +76,14 @@ class DevIdp:
         log_path = self.log_file or Path(os.devnull)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
-            # Own session: Ctrl-C in the terminal reaches the demo, which stops the provider last.
             self._proc = subprocess.Popen(
                 args,
                 cwd=idp_dir,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=self.new_session,
+                env={**os.environ, "IDP_DEV_ENDPOINTS": "1"},
             )
         self.port = self._wait_ready(log_path)
 
@@ -125,4 +129,5 @@ class DevIdp:
 
     @property
     def running(self) -> bool:
+        """True while the process is alive."""
         return self._proc is not None and self._proc.poll() is None
