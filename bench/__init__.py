@@ -1,0 +1,1 @@
+"""Lifeline benchmarks (``make bench`` / ``python -m bench``); see bench/README.md."""
