@@ -272,6 +272,7 @@ class PullConsumer:
         backoff: Sequence[float] = (0.5, 2.0, 10.0, 30.0),
         ack_wait: float = 30.0,
         max_ack_pending: int = 20_000,
+        linger: float = 0.0,
     ) -> None:
         self.bus = bus
         self.stream = stream
@@ -284,6 +285,9 @@ class PullConsumer:
         self.backoff = tuple(backoff)
         self.ack_wait = ack_wait
         self.max_ack_pending = max_ack_pending
+        # Wait up to `linger` seconds to fill a batch: one transaction per many messages is far
+        # cheaper for a writer than one per message, at the price of that much latency.
+        self.linger = linger
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.processed = 0
@@ -344,6 +348,8 @@ class PullConsumer:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
+                if self.linger and 0 < len(msgs) < self.batch:
+                    msgs += await self._fill(sub, self.batch - len(msgs))
                 if msgs:
                     await self._handle(msgs)
             except asyncio.CancelledError:
@@ -357,6 +363,17 @@ class PullConsumer:
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _fill(self, sub: JetStreamContext.PullSubscription, room: int) -> list[Msg]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.linger
+        more: list[Msg] = []
+        while len(more) < room and (remaining := deadline - loop.time()) > 0.001:
+            try:
+                more += await sub.fetch(room - len(more), timeout=remaining)
+            except (nats.errors.TimeoutError, TimeoutError):
+                break
+        return more
 
     async def _handle(self, msgs: list[Msg]) -> None:
         # One span per batch: the child of the first message's trace, linked to the others', so a

@@ -59,6 +59,7 @@ class IngestApp(Service):
             filter_subject=readings_subject(region),
             handler=PersistHandler(self.service),
             batch=s.consumer_batch,
+            linger=s.consumer_linger_s,
         )
         self.mqtt_consumer = PullConsumer(
             self.bus,

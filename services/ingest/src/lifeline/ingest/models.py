@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, Index, SmallInteger, String
+from sqlalchemy import BigInteger, Column, Float, SmallInteger, String
 from sqlmodel import Field, SQLModel
 
 from lifeline.v1 import telemetry_pb2
@@ -26,7 +26,6 @@ class SensorLatest(SQLModel, table=True):
     """Per sensor: the reading with the greatest device time, when it was last heard, and its state."""
 
     __tablename__ = "sensor_latest"
-    __table_args__ = (Index("ix_sensor_latest_state_seen", "state", "last_seen_ms"),)
 
     sensor_id: str = Field(sa_column=Column(String(64), primary_key=True))
     region: str = Field(sa_column=Column(String(6), nullable=False))

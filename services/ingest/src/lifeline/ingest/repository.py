@@ -23,12 +23,33 @@ def _insert(conn: AsyncConnection, table: Any) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
-async def insert_readings(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Store readings; one already stored under the same (sensor, device time) is left as it was."""
-    if rows:
-        conn = await session.connection()
-        stmt = _insert(conn, readings_table).on_conflict_do_nothing(index_elements=["sensor_id", "device_time_ms"])
-        await conn.execute(stmt, list(rows))
+READING_COLUMNS = ("sensor_id", "device_time_ms", "value", "unit", "quality", "received_ms", "region")
+_SQLITE_INSERT = (
+    f"INSERT INTO readings ({', '.join(READING_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (sensor_id, device_time_ms) DO NOTHING"
+)
+# One statement for the whole batch: arrays unnested server-side (several times faster than executemany).
+_PG_INSERT = (
+    f"INSERT INTO readings ({', '.join(READING_COLUMNS)}) "
+    "SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::float8[], $4::varchar[], $5::smallint[], "
+    "$6::bigint[], $7::varchar[]) ON CONFLICT (sensor_id, device_time_ms) DO NOTHING"
+)
+
+
+async def insert_readings(*, session: AsyncSession, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Store readings (tuples in READING_COLUMNS order); one already stored under the same
+    (sensor, device time) is left as it was.
+
+    The hot path of ingest: straight to the driver, no per-row SQLAlchemy processing."""
+    if not rows:
+        return
+    conn = await session.connection()
+    if conn.dialect.name == "postgresql":
+        raw = await conn.get_raw_connection()
+        columns = list(zip(*rows, strict=True))
+        await raw.driver_connection.execute(_PG_INSERT, *(list(c) for c in columns))  # type: ignore[union-attr]
+    else:
+        await conn.exec_driver_sql(_SQLITE_INSERT, list(rows))
 
 
 async def upsert_latest(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
@@ -62,13 +83,12 @@ async def upsert_latest(*, session: AsyncSession, rows: Sequence[dict[str, Any]]
 
 async def offline_among(*, session: AsyncSession, sensor_ids: Iterable[str]) -> set[str]:
     """Which of these sensors are marked offline now."""
-    ids = list(sensor_ids)
-    if not ids:
-        return set()
+    # Offline sensors are few; asking for all of them beats binding thousands of ids per batch.
     res = await (await session.connection()).execute(
-        select(latest_table.c.sensor_id).where(latest_table.c.state == OFFLINE, latest_table.c.sensor_id.in_(ids))
+        select(latest_table.c.sensor_id).where(latest_table.c.state == OFFLINE)
     )
-    return {r[0] for r in res}
+    offline = {r[0] for r in res}
+    return offline.intersection(sensor_ids) if offline else set()
 
 
 async def lookup_values(*, session: AsyncSession, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], float]:

@@ -234,37 +234,37 @@ class IngestService:
         stored = 0
         with tracer.start_as_current_span("ingest.persist") as span:
             async with self.db.transaction() as session:
-                rows: list[dict[str, Any]] = []
+                rows: list[tuple[Any, ...]] = []
+                append = rows.append
                 for batch in batches:
                     received = batch.received_time_ms
                     region = batch.region
                     for r in batch.readings:
-                        row = {
-                            "sensor_id": r.sensor_id,
-                            "device_time_ms": r.device_time_ms,
-                            "value": r.value,
-                            "unit": r.unit,
-                            "quality": r.quality,
-                            "received_ms": received,
-                            "region": region,
-                        }
-                        rows.append(row)
-                        cur = latest.get(r.sensor_id)
-                        if cur is None or r.device_time_ms > cur["device_time_ms"]:
-                            latest[r.sensor_id] = {
-                                **row,
-                                "last_seen_ms": received,
-                                "state": 1,
+                        sid, ts, value = r.sensor_id, r.device_time_ms, r.value
+                        append((sid, ts, value, r.unit, r.quality, received, region))
+                        cur = latest.get(sid)
+                        if cur is None or ts > cur["device_time_ms"]:
+                            latest[sid] = {
+                                "sensor_id": sid,
+                                "device_time_ms": ts,
+                                "value": value,
+                                "unit": r.unit,
+                                "quality": r.quality,
+                                "received_ms": received,
+                                "region": region,
+                                "last_seen_ms": max(received, cur["last_seen_ms"]) if cur else received,
+                                "state": telemetry_pb2.SENSOR_STATE_ONLINE,
                                 "state_changed_ms": received,
                             }
                         elif received > cur["last_seen_ms"]:
                             cur["last_seen_ms"] = received
                     if len(rows) >= PERSIST_CHUNK_ROWS:
                         # In chunks: a fetch from a backlog (consumer_batch messages of up to max_batch
-                        # readings) would otherwise hold 100,000 row dicts and their copies at once.
+                        # readings) would otherwise hold 100,000 rows at once.
                         await repository.insert_readings(session=session, rows=rows)
                         stored += len(rows)
                         rows = []
+                        append = rows.append
                 if rows:
                     await repository.insert_readings(session=session, rows=rows)
                     stored += len(rows)
