@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import selectors
-import shutil
 import subprocess
 import threading
 import time
@@ -23,6 +22,8 @@ from typing import Any
 
 import httpx
 import psutil
+
+from lifeline.kit.devidp import DevIdp, DevIdpUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -275,26 +276,20 @@ BENCH_CLIENT = "bench-writer"
 BENCH_SECRET = "bench-secret"
 
 
-@dataclass
 class BenchIdp:
     """deploy/dev-idp on a free port with one client for the load generator (tokens live an hour)."""
 
-    workdir: Path
-    region: str = "340100"
-    proc: subprocess.Popen[bytes] | None = None
-    base_url: str = ""
+    def __init__(self, workdir: Path, region: str = "340100") -> None:
+        self.workdir = workdir
+        self.region = region
+        self.idp: DevIdp | None = None
 
     @property
     def issuer(self) -> str:
-        return f"{self.base_url}/realms/lifeline"
+        assert self.idp is not None
+        return self.idp.issuer()
 
     def start(self) -> None:
-        node = shutil.which("node")
-        idp_dir = REPO / "deploy" / "dev-idp"
-        if node is None:
-            raise BenchError("Node.js (`node`) is not installed; the dev OpenID provider needs it")
-        if not (idp_dir / "node_modules" / "oidc-provider").is_dir():
-            raise BenchError(f"{idp_dir}/node_modules is missing: run `make bootstrap`")
         client = {
             "client_id": BENCH_CLIENT,
             "client_secret": BENCH_SECRET,
@@ -305,21 +300,16 @@ class BenchIdp:
         }
         config = self.workdir / "realms.json"
         config.write_text(json.dumps({"realms": {"lifeline": {"clients": [client]}}}))
-        log_path = self.workdir / "idp.log"
-        with log_path.open("wb") as logf:
-            self.proc = subprocess.Popen(
-                [node, str(idp_dir / "server.js"), "--config", str(config), "--port", "0", "--host", "127.0.0.1"],
-                cwd=idp_dir,
-                stdout=subprocess.PIPE,
-                stderr=logf,
-                stdin=subprocess.DEVNULL,
-            )
-        line = wait_for_line(self.proc, "READY ", 30, log_path)
-        self.base_url = f"http://127.0.0.1:{int(line.split()[1])}"
+        self.idp = DevIdp(port=0, config=config, log_file=self.workdir / "idp.log", new_session=False)
+        try:
+            self.idp.start()
+        except DevIdpUnavailable as exc:
+            raise BenchError(str(exc)) from exc
 
     def token(self) -> str:
+        assert self.idp is not None
         resp = httpx.post(
-            f"{self.issuer}/protocol/openid-connect/token",
+            self.idp.token_endpoint(),
             data={"grant_type": "client_credentials", "client_id": BENCH_CLIENT, "client_secret": BENCH_SECRET},
             timeout=10,
         )
@@ -328,11 +318,9 @@ class BenchIdp:
         return str(resp.json()["access_token"])
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, 5)
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-            self.proc = None
+        if self.idp is not None:
+            self.idp.stop()
+            self.idp = None
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------

@@ -431,7 +431,9 @@ def lifeline_cli_available() -> bool:
         return False
 
 
-def start_server(work: Path, env: dict[str, str], profile: Path | None, server: str) -> ServerChild:
+def start_server(
+    work: Path, env: dict[str, str], profile: Path | None, server: str, roles: str = "front,storage"
+) -> ServerChild:
     """The ingest service in a child process: ``lifeline run --services ingest`` or ``bench.ingest serve``.
 
     `server` is "lifeline", "bench" or "auto" (lifeline when the launcher has its CLI, except when
@@ -439,7 +441,8 @@ def start_server(work: Path, env: dict[str, str], profile: Path | None, server: 
     """
     if server == "auto":
         server = "bench" if profile or not lifeline_cli_available() else "lifeline"
-    log_path = work / "ingest.log"
+    env = {**env, "LIFELINE_INGEST_ROLES": roles}
+    log_path = work / f"ingest-{roles.replace(',', '-')}.log"
     if server == "bench":
         cmd = [sys.executable, "-m", "bench.ingest", "serve"]
         if profile:
@@ -484,7 +487,9 @@ def start_server(work: Path, env: dict[str, str], profile: Path | None, server: 
             ),
             cwd=work,
         )
-    child = ServerChild(proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log_path, "lifeline run")
+    child = ServerChild(
+        proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log_path, f"lifeline run, roles {roles}"
+    )
     deadline = time.monotonic() + 90
     last = ""
     while time.monotonic() < deadline:
@@ -657,6 +662,7 @@ class Ctx:
     clock: Clock
     profile_dir: Path | None
     server: str
+    layout: str = "split"
 
 
 async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]:
@@ -729,21 +735,29 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
             "LIFELINE_INGEST_SENSORS_FILE": str(ctx.sensors_file),
         }
         t0 = time.perf_counter()
-        server = start_server(work, env, profile, ctx.server)
+        split = ctx.layout == "split" and not profile
+        server = start_server(work, env, profile, ctx.server, "front" if split else "front,storage")
+        storage = start_server(work, env, None, ctx.server, "storage") if split else None
         stopped = False
 
         def kill_server() -> None:
             if not stopped:
                 stop_process(server.proc, 10)
+                if storage is not None:
+                    stop_process(storage.proc, 10)
 
         stack.callback(kill_server)
         sampler.watch("ingest", server.proc.pid)
+        if storage is not None:
+            sampler.watch("ingest-storage", storage.proc.pid)
         ready_rss = sampler.current("ingest")
         log(
             f"[{tag}] ingest server ({server.how}, {db_url.split(':')[0]}) ready in {time.perf_counter() - t0:.1f} s, "
             f"RSS {ready_rss / MB:.0f} MB"
         )
         pids = {"ingest": server.proc.pid, "nats": nats.pid, "bench": os.getpid()}
+        if storage is not None:
+            pids["storage"] = storage.proc.pid
         headers = {"Authorization": f"Bearer {ctx.token}"}
         results: dict[str, LoadResult] = {}
 
@@ -797,21 +811,25 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
         await load("rest_single", "REST one reading per request", raw_senders(conns, clock, 1), plan.rest_single_s)
 
         ingest_hwm = vm_hwm_bytes(server.proc.pid) or 0
+        storage_hwm = vm_hwm_bytes(storage.proc.pid) or 0 if storage is not None else 0
         nats_hwm = vm_hwm_bytes(nats.pid) or 0
         sampler.stop()
         stopped = True
         server.stop()
+        if storage is not None:
+            storage.stop()
         if profile:
             log(f"[{tag}] server profile: {profile} (main thread), {profile.with_suffix('.threads.prof')} (others)")
 
     ingest_peak, nats_peak = sampler.peak["ingest"], sampler.peak["nats-server"]
+    layout = "front + storage processes" if storage is not None else "one process"
     js_db_limit, js_db_name = min((js_batch, "JetStream"), (db_limit, db_limit_name))
     rows: list[Row] = []
     for key, label in (("rest_batch", f"REST batch {BATCH}"), ("grpc_batch", f"gRPC batch {BATCH}")):
         r = results[key]
         rows.append(
             Row(
-                f"{tag}: {label} → stored",
+                f"{tag}: {label} → stored ({layout})",
                 r.e2e_rate,
                 "",
                 js_db_limit,
@@ -823,7 +841,7 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
     r = results["rest_single"]
     rows.append(
         Row(
-            f"{tag}: REST 1 reading/request → stored",
+            f"{tag}: REST 1 reading/request → stored ({layout})",
             r.e2e_rate,
             "",
             js_single_acked,
@@ -834,7 +852,7 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
     )
     rows.append(
         Row(
-            f"{tag}: ingest peak RSS",
+            f"{tag}: ingest {'front' if storage is not None else ''} peak RSS".replace("  ", " "),
             max(ingest_peak, ingest_hwm) / MB,
             "MB",
             GOAL_INGEST_RSS_MB,
@@ -848,6 +866,19 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
             ),
         )
     )
+    if storage is not None:
+        rows.append(
+            Row(
+                f"{tag}: ingest storage process peak RSS",
+                max(sampler.peak.get("ingest-storage", 0), storage_hwm) / MB,
+                "MB",
+                GOAL_INGEST_RSS_MB,
+                "goal",
+                GOAL_INGEST_RSS_MB,
+                higher_is_better=False,
+                note=f"kernel VmHWM {storage_hwm / MB:.0f} MB",
+            )
+        )
     rows.append(
         Row(
             f"{tag}: nats-server peak RSS",
@@ -883,7 +914,9 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
 # --- entry points --------------------------------------------------------------------------------------
 
 
-async def run(quick: bool, backend: str | None, profile_dir: Path | None, keep: bool, server: str) -> int:
+async def run(
+    quick: bool, backend: str | None, profile_dir: Path | None, keep: bool, server: str, layout: str = "split"
+) -> int:
     plan = QUICK if quick else FULL
     t_start = time.perf_counter()
     backend = backend or ("sqlite" if quick else "all")
@@ -908,7 +941,9 @@ async def run(quick: bool, backend: str | None, profile_dir: Path | None, keep: 
         idp.start()
         sensors_file = work / "sensors.csv"
         write_sensors_csv(sensors_file, plan.sensors)
-        ctx = Ctx(work, plan, idp, idp.token(), sensors_file, Clock(sensor_ids(plan.sensors)), profile_dir, server)
+        ctx = Ctx(
+            work, plan, idp, idp.token(), sensors_file, Clock(sensor_ids(plan.sensors)), profile_dir, server, layout
+        )
         log(
             f"ingest bench ({'quick' if quick else 'full'}): {plan.sensors:,} sensors, {os.cpu_count()} CPUs, "
             f"load average {load[0]:.1f}, backends {', '.join(backends)}; work dir {work}"
@@ -955,13 +990,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the server under cProfile (every thread) and write its stats to DIR",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (databases, logs)")
+    parser.add_argument(
+        "--layout",
+        choices=["split", "single"],
+        default="split",
+        help="split (default): ingest's front door and its storage consumer in two processes "
+        "(LIFELINE_INGEST_ROLES), one core each; single: one process does both",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     try:
-        return asyncio.run(run(args.quick, args.backend, args.profile, args.keep, args.server))
+        return asyncio.run(run(args.quick, args.backend, args.profile, args.keep, args.server, args.layout))
     except BenchError as exc:
         print(f"\nBENCH FAILED: {exc}", file=sys.stderr, flush=True)
         return 1

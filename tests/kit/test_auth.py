@@ -611,3 +611,28 @@ async def test_client_credentials_wrong_secret(oidc_provider: DevOIDCProvider) -
     await creds.aclose()
     with pytest.raises(ValueError):
         ClientCredentials("https://accounts.example.com", "a", "b")
+
+
+async def test_repeated_token_is_verified_once_but_expiry_still_counts(oidc_provider, token_factory) -> None:
+    """A cached verification never outlives the token's expiry."""
+    import asyncio as _asyncio
+
+    from lifeline.kit.auth import AuthError as _AuthError
+    from lifeline.kit.auth import TokenVerifier as _TokenVerifier
+
+    verifier = _TokenVerifier(oidc_provider.issuer, oidc_provider.audience, leeway=0)
+    try:
+        token = await token_factory("short-ttl")
+        first = await verifier.verify(token)
+        fetches = verifier.jwks_fetches
+        assert await verifier.verify(token) == first
+        assert verifier.jwks_fetches == fetches
+        await _asyncio.sleep(3)
+        try:
+            await verifier.verify(token)
+        except _AuthError as exc:
+            assert exc.code == "expired"
+        else:
+            raise AssertionError("an expired token was accepted from the cache")
+    finally:
+        await verifier.aclose()

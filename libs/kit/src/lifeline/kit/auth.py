@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 
 NATIONAL_REGION: Final = "100000"
 _REGION_RE = re.compile(r"^\d{6}$")
+# Verified tokens remembered (until they expire) so a repeated token costs no signature check.
+VERIFIED_CACHE_SIZE = 10_000
 _ISSUER_RE = re.compile(r"^(?P<base>https?://.+?)/realms/(?P<realm>[^/]+)/?$")
 # RS256 only: accepting other algorithms opens the classic confusions (alg "none", HS256 keyed with
 # the public key); Keycloak and the dev provider both sign access tokens with RS256.
@@ -239,6 +241,7 @@ class TokenVerifier:
         self._fetched_at: float | None = None  # monotonic time of the last fetch attempt
         self._loaded_at: float | None = None  # monotonic time of the last successful fetch
         self._lock = asyncio.Lock()
+        self._verified: dict[str, tuple[Principal, float]] = {}
         self._keycloak: KeycloakOpenID | None = None
         split = split_issuer(self.issuer)
         # python-keycloak is the client for Keycloak-shaped issuers; an explicit httpx client (or a
@@ -418,7 +421,23 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Principal:
         """Verify an access token and return its principal; raises AuthError."""
-        return Principal.from_claims(await self.verify_claims(token))
+        # A device or partner sends the same token with every request until it expires: verifying
+        # the RS256 signature once is enough. Expiry is still checked on every use.
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, exp = cached
+            if time.time() <= exp + self.leeway:
+                return principal
+            del self._verified[token]
+        claims = await self.verify_claims(token)
+        principal = Principal.from_claims(claims)
+        expires = claims.get("exp")
+        if isinstance(expires, int | float):
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                # Drop the oldest entry (dicts keep insertion order); enough for a bounded cache.
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[token] = (principal, float(expires))
+        return principal
 
     async def verify_authorization(self, authorization: str | None) -> Principal:
         """Verify an ``Authorization: Bearer`` header value and return its principal."""

@@ -130,6 +130,9 @@ async def serve_http(
         # Logging is configured once for the process (telemetry.configure_logging), not per server.
         log_config=None,
         server_header=False,
+        # Requests are traced (OpenTelemetry) and writes audit-logged; a log line per request on top
+        # costs more than the request itself on small ones.
+        access_log=False,
         timeout_graceful_shutdown=graceful_timeout,
     )
     server = _EmbeddedServer(config)

@@ -52,7 +52,23 @@ class IngestApp(Service):
         )
         await self.service.seed()
         self.queries = IngestQueries(registry=self.registry, db=self.db)
-        self.persist_consumer = PullConsumer(
+        if s.has_role("storage"):
+            self._setup_storage(region)
+        if s.has_role("front"):
+            self.background.append(
+                PullConsumer(
+                    self.bus,
+                    stream="DEVICES",
+                    durable=f"ingest-mqtt-{region}",
+                    filter_subject=mqtt_topic_subject(region),
+                    handler=MqttHandler(self.service, self.bus, s, region),
+                    batch=50,
+                )
+            )
+
+    def _setup_storage(self, region: str) -> None:
+        s = self.settings
+        persist_consumer = PullConsumer(
             self.bus,
             stream="READINGS",
             durable=f"ingest-persist-{region}",
@@ -61,30 +77,25 @@ class IngestApp(Service):
             batch=s.consumer_batch,
             linger=s.consumer_linger_s,
         )
-        self.mqtt_consumer = PullConsumer(
-            self.bus,
-            stream="DEVICES",
-            durable=f"ingest-mqtt-{region}",
-            filter_subject=mqtt_topic_subject(region),
-            handler=MqttHandler(self.service, self.bus, s, region),
-            batch=50,
-        )
-        self.status_timer = Periodic(
+        status_timer = Periodic(
             "ingest-offline-check",
             s.status_check_interval_s,
             lambda: self.service.check_offline(offline_factor=s.offline_factor),
         )
-        self.background += [self.persist_consumer, self.mqtt_consumer, self.status_timer]
+        self.background += [persist_consumer, status_timer]
 
     def create_app(self) -> FastAPI:
         app = create_http_app(title="Lifeline ingest", version="0.1.0")
-        app.include_router(router)
+        if self.settings.has_role("front"):
+            app.include_router(router)
         app.state.ingest = self.service
         app.state.queries = self.queries
         app.state.settings = self.settings
         return app
 
     def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
+        if not self.settings.has_role("front"):
+            return ()
         return (
             (
                 telemetry_pb2_grpc.add_TelemetryIngestServicer_to_server,
