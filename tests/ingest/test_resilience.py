@@ -166,7 +166,9 @@ async def test_one_trace_from_request_to_database_write(ingest: IngestApp, clien
     await wait_stored(ingest, 1)
     await asyncio.sleep(0.2)
     spans = span_exporter.get_finished_spans()
-    server = [s for s in spans if s.name.startswith("POST /v1/readings") and s.parent is None]
+    from opentelemetry.trace import SpanKind
+
+    server = [s for s in spans if s.name == "POST /v1/readings" and s.kind == SpanKind.SERVER]
     assert server, [s.name for s in spans]
     trace_id = server[0].context.trace_id
     names = {s.name for s in spans if s.context.trace_id == trace_id}

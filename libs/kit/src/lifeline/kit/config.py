@@ -53,6 +53,8 @@ class InstanceSettings(BaseSettings):
     oidc_client_id: str = "lifeline-services"
     oidc_client_secret: str = "dev-secret"
     otlp_endpoint: str | None = None
+    # Share of new traces recorded (requests that arrive with a traceparent follow their caller).
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     log_level: str = "INFO"
     log_json: bool = True
     language: str = "zh-CN"

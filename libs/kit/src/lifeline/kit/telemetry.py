@@ -30,6 +30,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
@@ -95,14 +96,16 @@ def telemetry_resource(instance: InstanceSettings) -> Resource:
     )
 
 
-def _install_providers(resource: Resource) -> _Telemetry:
+def _install_providers(resource: Resource, sample_ratio: float = 1.0) -> _Telemetry:
     # The global providers can be set only once per process; one installed earlier (e.g. by the test
     # plugin, before any service started) is adopted so that its exporters keep receiving spans.
     current_tracer = trace.get_tracer_provider()
     if isinstance(current_tracer, TracerProvider):
         tracer_provider = current_tracer
     else:
-        tracer_provider = TracerProvider(resource=resource)
+        # Sampling follows the caller's decision (traceparent) and else keeps `trace_sample_ratio` of new
+        # traces: a busy front door need not record every one-reading request to stay observable.
+        tracer_provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
         trace.set_tracer_provider(tracer_provider)
     current_meter = metrics.get_meter_provider()
     if isinstance(current_meter, MeterProvider):
@@ -129,7 +132,7 @@ def setup_telemetry(instance: InstanceSettings, *, span_exporter: SpanExporter |
     configure_logging(level=instance.log_level, json_lines=instance.log_json)
     with _lock:
         if _telemetry is None:
-            _telemetry = _install_providers(telemetry_resource(instance))
+            _telemetry = _install_providers(telemetry_resource(instance), instance.trace_sample_ratio)
         state = _telemetry
         if instance.otlp_endpoint:
             url = _traces_url(instance.otlp_endpoint)
