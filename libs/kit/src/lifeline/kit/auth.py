@@ -36,8 +36,6 @@ import httpx
 from fastapi import Depends, HTTPException, Request
 from jwcrypto import jwk, jws
 from jwcrypto.common import JWException
-from keycloak import KeycloakOpenID
-from keycloak.exceptions import KeycloakError
 
 __all__ = [
     "DEFAULT_PUBLIC_METHODS",
@@ -242,24 +240,16 @@ class TokenVerifier:
         self._loaded_at: float | None = None  # monotonic time of the last successful fetch
         self._lock = asyncio.Lock()
         self._verified: dict[str, tuple[Principal, float]] = {}
-        self._keycloak: KeycloakOpenID | None = None
-        split = split_issuer(self.issuer)
-        # python-keycloak is the client for Keycloak-shaped issuers; an explicit httpx client (or a
-        # non-Keycloak issuer) uses OpenID discovery instead.
-        if http_client is None and split is not None:
-            server_url, realm = split
-            self._keycloak = KeycloakOpenID(server_url=server_url, realm_name=realm, client_id="")
+        # Keys come by OpenID discovery (issuer/.well-known/openid-configuration → jwks_uri), which
+        # Keycloak and the dev provider both serve. Services only verify, so they need no Keycloak
+        # client library in memory (python-keycloak costs ~30 MB of RSS); ClientCredentials uses it.
 
     async def aclose(self) -> None:
-        """Release the HTTP connections of the python-keycloak client (not a caller-owned client)."""
-        if self._keycloak is not None:
-            await self._keycloak.connection.aclose()
+        """Nothing to release: discovery uses a short-lived httpx client or the caller's."""
 
     # -- JWKS --
 
     async def _download_jwks(self) -> Mapping[str, Any]:
-        if self._keycloak is not None:
-            return await self._keycloak.a_certs()
         client = self._http
         owned = client is None
         if client is None:
@@ -292,7 +282,7 @@ class TokenVerifier:
             data = await self._download_jwks()
         except AuthError:
             raise
-        except (KeycloakError, httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             log.warning("cannot fetch JWKS of %s: %s", self.issuer, exc)
             raise AuthError("issuer_unavailable", f"cannot fetch the signing keys of {self.issuer}") from exc
         keys: dict[str, jwk.JWK] = {}
@@ -713,6 +703,9 @@ class ClientCredentials:
         self.refresh_margin = refresh_margin
         self.token_requests = 0  # observable for tests and metrics
         self._scope = scope
+        # Imported here: only clients of other services (simulator, partners, federation) need it.
+        from keycloak import KeycloakOpenID
+
         self._keycloak = KeycloakOpenID(
             server_url=server_url, realm_name=realm, client_id=client_id, client_secret_key=client_secret
         )
@@ -730,6 +723,8 @@ class ClientCredentials:
                 return self._token
             started = time.monotonic()
             self.token_requests += 1
+            from keycloak.exceptions import KeycloakError
+
             try:
                 response = await self._keycloak.a_token(grant_type="client_credentials", scope=self._scope)
             except KeycloakError as exc:
