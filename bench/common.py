@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import secrets
-import selectors
 import subprocess
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import psutil
 
-from lifeline.kit.devidp import DevIdp, DevIdpUnavailable
+from lifeline.kit.devidp import DevIdp, DevIdpUnavailable, read_line_starting
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -248,23 +247,9 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
 
 def wait_for_line(proc: subprocess.Popen[bytes], prefix: str, timeout: float, log_path: Path | None) -> str:
     """Read the child's stdout until a line starting with ``prefix``; raise BenchError if it never comes."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    buffer = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=0.2):
-                if proc.poll() is not None:
-                    break
-                continue
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            buffer += chunk
-            for line in buffer.decode(errors="replace").splitlines():
-                if line.startswith(prefix):
-                    return line
+    line = read_line_starting(proc, prefix, timeout)
+    if line is not None:
+        return line
     stop_process(proc)
     tail = log_path.read_text(errors="replace")[-3000:] if log_path and log_path.exists() else ""
     raise BenchError(f"{proc.args!r} did not print {prefix!r} within {timeout:.0f}s\n{tail}")

@@ -29,6 +29,28 @@ def find_dev_idp_dir() -> Path | None:
     return None
 
 
+def read_line_starting(proc: subprocess.Popen[bytes], prefix: str, timeout: float) -> str | None:
+    """Read a child's stdout until a line starts with `prefix`; None if it exits or times out first."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=0.2):
+                if proc.poll() is not None:
+                    return None
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                return None
+            buffer += chunk
+            for line in buffer.decode(errors="replace").splitlines():
+                if line.startswith(prefix):
+                    return line
+    return None
+
+
 @dataclass
 class DevIdp:
     """``node deploy/dev-idp/server.js`` on a port (0: any free one), stopped with SIGTERM."""
@@ -88,24 +110,10 @@ class DevIdp:
         self.port = self._wait_ready(log_path)
 
     def _wait_ready(self, log_path: Path) -> int:
-        proc = self._proc
-        assert proc is not None and proc.stdout is not None
-        deadline = time.monotonic() + self.start_timeout_s
-        buffer = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not sel.select(timeout=0.2):
-                    if proc.poll() is not None:
-                        break
-                    continue
-                chunk = os.read(proc.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                buffer += chunk
-                for line in buffer.decode(errors="replace").splitlines():
-                    if line.startswith("READY "):
-                        return int(line.split()[1])
+        assert self._proc is not None
+        line = read_line_starting(self._proc, "READY ", self.start_timeout_s)
+        if line is not None:
+            return int(line.split()[1])
         self.stop()
         tail = ""
         if log_path != Path(os.devnull) and log_path.exists():

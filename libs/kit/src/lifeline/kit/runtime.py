@@ -7,6 +7,7 @@ connection and token verifier.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -120,7 +121,7 @@ class RelayTask:
             await self._task
 
 
-class Service:
+class Service(abc.ABC):
     """Base of every Lifeline service; subclasses implement the hooks below."""
 
     name: ClassVar[str] = "service"
@@ -149,12 +150,12 @@ class Service:
 
     # --- hooks -------------------------------------------------------------------------------------
 
-    async def setup(self) -> None:
+    async def setup(self) -> None:  # noqa: B027 - optional hook: a service may have nothing to set up
         """Build the service's objects once the database is migrated (before anything is served)."""
 
+    @abc.abstractmethod
     def create_app(self) -> FastAPI:
         """The service's FastAPI application."""
-        raise NotImplementedError
 
     def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
         """(add_XServicer_to_server, servicer) pairs."""
