@@ -32,7 +32,7 @@ class IngestSettings(ServiceSettings):
     status_check_interval_s: float = 10.0
     consumer_batch: int = 200
     # How long the storing consumer waits to fill a batch (storage latency, not acknowledgement latency).
-    consumer_linger_s: float = 0.02
+    consumer_linger_s: float = 0.25
     dedup_per_sensor: int = 128
     publish_timeout_s: float = 5.0
     retry_after_s: int = 2
