@@ -195,6 +195,8 @@ def run_env(nats_server, oidc_provider, tmp_path: Path) -> dict[str, str]:
             "LIFELINE_DATA_DIR": str(tmp_path / "data"),
             "LIFELINE_INGEST_HTTP_PORT": str(free_port()),
             "LIFELINE_INGEST_GRPC_PORT": str(free_port()),
+            "LIFELINE_ASSETS_HTTP_PORT": str(free_port()),
+            "LIFELINE_ASSETS_GRPC_PORT": str(free_port()),
             "LIFELINE_LOG_JSON": "false",
         }
     )
@@ -266,15 +268,21 @@ def test_run_processes_restarts_a_dead_child_and_stops_all_on_sigterm(run_env: d
         _wait_ready(_ready_url(run_env), proc, timeout=45)
         parent = psutil.Process(proc.pid)
         children = parent.children()
-        assert len(children) == 1 and "--services" in children[0].cmdline()
-        first = children[0]
+        # One child per service of the tier.
+        assert len(children) == len(services_for("all", "city"))
+        assert all("--services" in c.cmdline() for c in children)
+        (first,) = [c for c in children if "ingest" in c.cmdline()]
         first.kill()  # a crash, not a graceful stop
         first.wait(10)
         # Restarted after a short backoff, on the same ports.
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and [c.pid for c in parent.children()] in ([], [first.pid]):
+
+        def ingest_children() -> list[psutil.Process]:
+            return [c for c in parent.children() if c.pid != first.pid and "ingest" in c.cmdline()]
+
+        while time.monotonic() < deadline and not ingest_children():
             time.sleep(0.2)
-        (second,) = parent.children()
+        (second,) = ingest_children()
         assert second.pid != first.pid
         _wait_ready(_ready_url(run_env), proc, timeout=45)
         rc, err = _stop(proc, timeout=30)

@@ -31,12 +31,14 @@ log = logging.getLogger("lifeline.launcher")
 # Adding a service is one line here; the tier rules below already know the planned ones.
 SERVICES: dict[str, str] = {
     "ingest": "lifeline.ingest.app:IngestApp",
+    "assets": "lifeline.assets.app:AssetsApp",
 }
 
 # What each tier runs (DESIGN §1). ``--services all`` means these, of the services that exist.
-_EVERY_TIER = frozenset({"assets", "alerts", "reporting", "federation"})
+_EVERY_TIER = frozenset({"alerts", "reporting", "federation"})
 TIER_SERVICES: dict[Tier, frozenset[str]] = {
-    Tier.CITY: _EVERY_TIER | {"ingest"},
+    # The census is kept where the facilities are; the tiers above see it through federation.
+    Tier.CITY: _EVERY_TIER | {"ingest", "assets"},
     Tier.PROVINCE: _EVERY_TIER,
     Tier.NATIONAL: _EVERY_TIER,
 }

@@ -1,0 +1,21 @@
+"""Assets settings (environment prefix ``LIFELINE_ASSETS_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic_settings import SettingsConfigDict
+
+from lifeline.kit.config import ServiceSettings
+
+
+class AssetsSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LIFELINE_ASSETS_", extra="ignore")
+    service_name: ClassVar[str] = "assets"
+
+    http_port: int = 8102
+    grpc_port: int = 9102
+    # An operator's quantity catalogue overlaid on the packaged one (sensor quantities are checked against it).
+    quantities_file: Path | None = None
+    max_page: int = 1000
