@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import nats.js.errors
 import pytest
 
 from lifeline.ingest.app import IngestApp
 from lifeline.ingest.settings import IngestSettings
-from lifeline.kit.auth import TokenVerifier
-from lifeline.kit.bus import Bus
-from lifeline.kit.config import InstanceSettings
-from lifeline.kit.natsserver import NatsServer
 
 SENSORS_CSV = """sensor_id,quantity,unit,region,facility_code,interval_s,lat,lon,status
 GAS-CH4-1,gas.ch4,%LEL,340104,3401041102000001,60,31.85,117.16,active
@@ -33,24 +27,8 @@ def sensors_file(tmp_path: Path) -> Path:
     return path
 
 
-async def reset_streams(bus: Bus) -> None:
-    """Each test starts with empty streams and no durable consumers, so no test sees another's data."""
-    for stream in ("READINGS", "DEVICES", "EVENTS"):
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            for info in await bus.js.consumers_info(stream):
-                await bus.js.delete_consumer(stream, info.name)
-            await bus.js.purge_stream(stream)
-
-
 @pytest.fixture
-async def ingest(
-    nats_server: NatsServer, database_url: str, oidc_provider, sensors_file: Path, tmp_path: Path
-) -> AsyncIterator[IngestApp]:
-    if not nats_server.running:
-        nats_server.start()
-    instance = InstanceSettings(
-        region="340100", nats_url=nats_server.url, oidc_issuer=oidc_provider.issuer, data_dir=tmp_path
-    )
+async def ingest(service_runner, database_url: str, sensors_file: Path) -> IngestApp:
     settings = IngestSettings(
         database_url=database_url,
         http_port=0,
@@ -59,17 +37,7 @@ async def ingest(
         status_check_interval_s=3600,
         retry_after_s=1,
     )
-    bus = Bus(instance.nats_url, name="ingest-test")
-    await bus.start()
-    await bus.wait_ready(10)
-    await reset_streams(bus)
-    verifier = TokenVerifier(instance.oidc_issuer, instance.oidc_audience)
-    app = IngestApp(instance=instance, settings=settings, bus=bus, verifier=verifier)
-    await app.start()
-    yield app
-    await app.stop()
-    await bus.close()
-    await verifier.aclose()
+    return await service_runner(IngestApp, settings)
 
 
 @pytest.fixture

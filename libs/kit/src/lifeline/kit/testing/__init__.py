@@ -9,3 +9,4 @@ from lifeline.kit.testing.db import *  # noqa: F403
 from lifeline.kit.testing.nats import *  # noqa: F403
 from lifeline.kit.testing.oidc import *  # noqa: F403
 from lifeline.kit.testing.otel import *  # noqa: F403
+from lifeline.kit.testing.service import *  # noqa: F403
