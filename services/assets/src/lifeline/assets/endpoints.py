@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from lifeline.kit import i18n
+from lifeline.kit.api import client_address
 from lifeline.kit.auth import PrincipalDep
 from lifeline.kit.catalogue import Domain
 from lifeline.kit.problems import ProblemError
@@ -52,10 +53,6 @@ ServiceDep = Annotated[AssetsService, Depends(get_service)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 RegionPrefix = Annotated[str | None, Query(pattern=r"^\d{1,6}$", description="Region code prefix, e.g. 3401")]
 Text = Annotated[str | None, Query(alias="q", max_length=100, description="Part of the name or code")]
-
-
-def client_address(request: Request) -> str | None:
-    return f"{request.client.host}:{request.client.port}" if request.client else None
 
 
 def parse_time_ms(raw: str, field: str) -> int:

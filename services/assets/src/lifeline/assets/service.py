@@ -7,7 +7,6 @@ event goes out if and only if the change is kept. The transactions are the edges
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 import uuid
@@ -18,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from lifeline.kit import i18n
+from lifeline.kit.api import decode_page_token, encode_page_token, require_any_role
 from lifeline.kit.audit import audit, is_cross_region
 from lifeline.kit.auth import Principal
 from lifeline.kit.catalogue import QuantityCatalogue, region_contains
@@ -40,7 +40,6 @@ LAT_RANGE = (3.0, 54.0)
 
 i18n.register(
     {
-        "assets.missing_role": {"zh-CN": "需要以下角色之一：{roles}", "en": "one of these roles is required: {roles}"},
         "assets.bad_code": {
             "zh-CN": "设施编码 {code} 须为 16 位数字（6 位行政区划 + 2 位大类 + 2 位小类 + 6 位序号）",
             "en": "facility code {code} must be 16 digits (6 region + 2 major class + 2 minor class + 6 serial)",
@@ -95,7 +94,6 @@ i18n.register(
         },
         "assets.bad_sensor": {"zh-CN": "传感器参数不一致：{why}", "en": "inconsistent sensor: {why}"},
         "assets.bad_region": {"zh-CN": "区域代码 {region} 须为 6 位数字", "en": "region {region} must be 6 digits"},
-        "assets.bad_page_token": {"zh-CN": "分页标记无效", "en": "invalid page token"},
         "assets.bad_limit": {"zh-CN": "limit 须在 1 到 {max} 之间", "en": "limit must be between 1 and {max}"},
         "assets.entity.facility": {"zh-CN": "设施", "en": "facility"},
         "assets.entity.sensor": {"zh-CN": "传感器", "en": "sensor"},
@@ -108,11 +106,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def require_any_role(principal: Principal, roles: tuple[str, ...]) -> None:
-    if not principal.has_role(*roles):
-        raise ProblemError(403, detail="assets.missing_role", params={"roles": ", ".join(roles)})
-
-
 def scope_prefix(region: str) -> str:
     """The region-code prefix of everything `region` contains (the SQL form of ``region_contains``)."""
     if region == "100000":
@@ -122,17 +115,6 @@ def scope_prefix(region: str) -> str:
     if region.endswith("00"):
         return region[:4]
     return region
-
-
-def encode_token(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def decode_token(token: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProblemError(400, detail="assets.bad_page_token") from exc
 
 
 def _invalid(field: str, key: str, **params: Any) -> ProblemError:
@@ -595,7 +577,7 @@ class AssetsService:
                 equals={k: v for k, v in equals.items() if v is not None},
                 text=text or None,
                 text_columns=_TEXT_COLUMNS[entity],
-                after=decode_token(page_token) if page_token else None,
+                after=decode_page_token(page_token) if page_token else None,
                 limit=limit + 1,
             )
         docs = [dict(r.doc) for r in rows[:limit]]
@@ -609,7 +591,7 @@ class AssetsService:
                 source=source,
                 regions=regions,
             )
-        token = encode_token(docs[-1][_KEY[entity]]) if len(rows) > limit else None
+        token = encode_page_token(docs[-1][_KEY[entity]]) if len(rows) > limit else None
         return docs, token
 
 

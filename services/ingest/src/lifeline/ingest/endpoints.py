@@ -9,6 +9,7 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from lifeline.kit import i18n
+from lifeline.kit.api import client_address, require_any_role
 from lifeline.kit.auth import Principal, PrincipalDep
 from lifeline.kit.bus import BusUnavailable
 from lifeline.kit.problems import ProblemError
@@ -42,10 +43,6 @@ i18n.register(
             "zh-CN": "消息总线暂不可用，未保存任何读数，请在 {retry_after} 秒后重试",
             "en": "the message bus is unavailable; nothing was kept; retry in {retry_after} s",
         },
-        "ingest.missing_role": {
-            "zh-CN": "需要以下角色之一：{roles}",
-            "en": "one of these roles is required: {roles}",
-        },
         "ingest.bad_time": {
             "zh-CN": "{field} 须为毫秒时间戳或带时区的 RFC 3339 时间",
             "en": "{field} must be epoch milliseconds or RFC 3339 with an offset",
@@ -56,11 +53,6 @@ i18n.register(
 
 def language(request: Request) -> str:
     return i18n.negotiate(request.headers.get("accept-language"))
-
-
-def require_any_role(principal: Principal, roles: tuple[str, ...]) -> None:
-    if not principal.has_role(*roles):
-        raise ProblemError(403, detail="ingest.missing_role", params={"roles": ", ".join(roles)})
 
 
 # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, two thread hops per request.
@@ -134,10 +126,6 @@ def render_results(outcomes: list[Outcome], lang: str) -> dict[str, Any]:
         "duplicates": counts["duplicate"],
         "rejected": counts["rejected"],
     }
-
-
-def client_address(request: Request) -> str | None:
-    return f"{request.client.host}:{request.client.port}" if request.client else None
 
 
 async def ingest_items(

@@ -8,12 +8,13 @@ from typing import Any
 import grpc
 
 from lifeline.kit import i18n
+from lifeline.kit.api import require_any_role
 from lifeline.kit.auth import current_principal
 from lifeline.kit.bus import BusUnavailable
 from lifeline.kit.problems import ProblemError
 from lifeline.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
-from .endpoints import READER_ROLES, WRITER_ROLES, require_any_role
+from .endpoints import READER_ROLES, WRITER_ROLES
 from .service import IngestQueries, IngestService, Outcome
 from .settings import IngestSettings
 from .validation import from_proto

@@ -7,7 +7,6 @@ persisting consumer stores them idempotently. Nothing here commits: the edges ow
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import time
@@ -18,6 +17,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from lifeline.kit import i18n
+from lifeline.kit.api import bad_page_token, decode_page_token, encode_page_token
 from lifeline.kit.audit import audit, is_cross_region
 from lifeline.kit.auth import Principal
 from lifeline.kit.bus import Bus
@@ -324,20 +324,8 @@ STATE_NAMES = {
 MAX_PAGE = 10_000
 
 
-def encode_token(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def decode_token(token: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProblemError(400, detail="ingest.bad_page_token") from exc
-
-
 i18n.register(
     {
-        "ingest.bad_page_token": {"zh-CN": "分页标记无效", "en": "invalid page token"},
         "ingest.sensor_not_found": {"zh-CN": "传感器 {sensor} 不存在", "en": "sensor {sensor} does not exist"},
         "ingest.sensor_forbidden": {
             "zh-CN": "无权查看区域 {region} 的传感器",
@@ -398,15 +386,15 @@ class IngestQueries:
             raise ProblemError(400, detail="ingest.bad_range")
         after = None
         if page_token:
-            raw = decode_token(page_token)
+            raw = decode_page_token(page_token)
             if not raw.lstrip("-").isdigit():
-                raise ProblemError(400, detail="ingest.bad_page_token")
+                raise bad_page_token()
             after = int(raw)
         async with self.db.transaction() as session:
             rows = await repository.list_readings(
                 session=session, sensor_id=sensor_id, from_ms=from_ms, to_ms=to_ms, after_ms=after, limit=limit + 1
             )
-        next_token = encode_token(str(rows[limit - 1].device_time_ms)) if len(rows) > limit else None
+        next_token = encode_page_token(str(rows[limit - 1].device_time_ms)) if len(rows) > limit else None
         return rows[:limit], next_token
 
     async def latest(self, *, sensor_id: str, principal: Principal, source: str | None = None) -> Any:
@@ -430,7 +418,7 @@ class IngestQueries:
         """Online / offline / never-seen status of the sensors the principal may see, by sensor id."""
         if not 1 <= limit <= MAX_PAGE:
             raise ProblemError(400, detail="ingest.bad_limit", params={"max": MAX_PAGE})
-        after = decode_token(page_token) if page_token else ""
+        after = decode_page_token(page_token) if page_token else ""
         async with self.db.transaction() as session:
             latest = {r.sensor_id: r for r in await repository.all_latest(session=session)}
         out: list[telemetry_pb2.SensorStatus] = []
@@ -453,7 +441,7 @@ class IngestQueries:
             )
             if len(out) > limit:
                 break
-        next_token = encode_token(out[limit - 1].sensor_id) if len(out) > limit else None
+        next_token = encode_page_token(out[limit - 1].sensor_id) if len(out) > limit else None
         regions = {s.region for s in out[:limit]}
         if any(is_cross_region(principal, r) for r in regions):
             audit(

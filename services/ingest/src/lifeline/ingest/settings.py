@@ -36,6 +36,7 @@ class IngestSettings(ServiceSettings):
     dedup_per_sensor: int = 128
     publish_timeout_s: float = 5.0
     retry_after_s: int = 2
+
     @field_validator("roles")
     @classmethod
     def _roles(cls, v: str) -> str:
