@@ -201,6 +201,31 @@ class AssetsService:
         self._visible(row.region, principal, action=action, resource=f"{entity}/{key}", source=source)
         return dict(row.doc)
 
+    async def _create(
+        self,
+        session: Any,
+        entity: str,
+        key: str,
+        doc: dict[str, Any],
+        principal: Principal,
+        reason: str | None,
+        source: str | None,
+    ) -> dict[str, Any]:
+        """Record version 1 of a new entity; 409 if the key is taken."""
+        if await repository.get(session=session, entity=entity, key=key) is not None:
+            raise ProblemError(409, detail="assets.duplicate", params={"entity": entity, "id": key})
+        return await self._record(
+            session,
+            entity=entity,
+            key=key,
+            change="created",
+            before=None,
+            after=doc,
+            principal=principal,
+            reason=reason,
+            source=source,
+        )
+
     async def _record(
         self,
         session: Any,
@@ -334,20 +359,8 @@ class AssetsService:
             "updated_ms": now_ms(),
         }
         async with self.db.transaction() as session:
-            if await repository.get(session=session, entity="facility", key=code) is not None:
-                raise ProblemError(409, detail="assets.duplicate", params={"entity": "facility", "id": code})
             await self._unit_exists(session, doc["unit_id"])
-            return await self._record(
-                session,
-                entity="facility",
-                key=code,
-                change="created",
-                before=None,
-                after=doc,
-                principal=principal,
-                reason=facility_in.get("reason"),
-                source=source,
-            )
+            return await self._create(session, "facility", code, doc, principal, facility_in.get("reason"), source)
 
     async def _refine_facility(
         self, session: Any, before: dict[str, Any], after: dict[str, Any], changes: dict[str, Any]
@@ -422,19 +435,7 @@ class AssetsService:
                     "updated_ms": now_ms(),
                 }
             )
-            if await repository.get(session=session, entity="sensor", key=sensor_id) is not None:
-                raise ProblemError(409, detail="assets.duplicate", params={"entity": "sensor", "id": sensor_id})
-            return await self._record(
-                session,
-                entity="sensor",
-                key=sensor_id,
-                change="created",
-                before=None,
-                after=doc,
-                principal=principal,
-                reason=sensor_in.get("reason"),
-                source=source,
-            )
+            return await self._create(session, "sensor", sensor_id, doc, principal, sensor_in.get("reason"), source)
 
     async def _refine_sensor(
         self, session: Any, before: dict[str, Any], after: dict[str, Any], changes: dict[str, Any]
@@ -469,19 +470,7 @@ class AssetsService:
             "updated_ms": now_ms(),
         }
         async with self.db.transaction() as session:
-            if await repository.get(session=session, entity="unit", key=unit_id) is not None:
-                raise ProblemError(409, detail="assets.duplicate", params={"entity": "unit", "id": unit_id})
-            return await self._record(
-                session,
-                entity="unit",
-                key=unit_id,
-                change="created",
-                before=None,
-                after=doc,
-                principal=principal,
-                reason=unit_in.get("reason"),
-                source=source,
-            )
+            return await self._create(session, "unit", unit_id, doc, principal, unit_in.get("reason"), source)
 
     async def _refine_unit(
         self, session: Any, before: dict[str, Any], after: dict[str, Any], changes: dict[str, Any]
