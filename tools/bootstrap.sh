@@ -15,6 +15,20 @@ fi
 
 uv sync --frozen --quiet
 
+# PostGIS for the assets service's spatial queries on PostgreSQL: Debian's package for the local server's
+# major version, where a local server runs without it (the embedded SQLite needs nothing).
+if command -v psql >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  pg_dsn="${LIFELINE_TEST_PG_DSN:-postgresql://postgres@127.0.0.1:5432/postgres}"
+  if has=$(psql "$pg_dsn" -Atc "select count(*) from pg_available_extensions where name = 'postgis'" 2>/dev/null) \
+      && [ "$has" = "0" ]; then
+    major=$(psql "$pg_dsn" -Atc "show server_version_num" | cut -c1-2)
+    echo "bootstrap: installing PostGIS for PostgreSQL $major from Debian's packages" >&2
+    (apt-get install -y -qq "postgresql-$major-postgis-3" >/dev/null 2>&1 \
+      || (apt-get update -qq && apt-get install -y -qq "postgresql-$major-postgis-3" >/dev/null)) \
+      || echo "bootstrap: could not install PostGIS; PostgreSQL spatial tests will fail" >&2
+  fi
+fi
+
 if [ -f deploy/dev-idp/package.json ]; then
   if ! command -v node >/dev/null 2>&1; then
     echo "bootstrap: installing Node.js from Debian's packages" >&2
