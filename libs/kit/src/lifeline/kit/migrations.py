@@ -7,7 +7,7 @@ Each service keeps hand-written migrations in its own folder (``lifeline/<servic
 
     run_env(target_metadata=None)
 
-``migrate(url, script_location)`` runs ``alembic upgrade head`` in one transaction on an async
+``migrate(url, script_location)`` runs ``alembic upgrade heads`` in one transaction on an async
 engine, so a failing migration leaves the schema as it was (PostgreSQL and, thanks to the real
 transactions set up in ``lifeline.kit.db``, SQLite too).
 """
@@ -58,9 +58,13 @@ async def migrate(
     script_location: str | Path,
     *,
     version_table: str = DEFAULT_VERSION_TABLE,
-    revision: str = "head",
+    revision: str = "heads",
 ) -> None:
-    """Upgrade the database at ``url`` to ``revision`` (head) with the migrations in ``script_location``."""
+    """Upgrade the database at ``url`` to ``revision`` with the migrations in ``script_location``.
+
+    The default is every head: a concept inside a service (say alerts' notifications) may keep its tables
+    on a branch of its own (``branch_labels``), so its migrations never race the main line's numbering.
+    """
     config = alembic_config(script_location, url=url, version_table=version_table)
     # Schema changes on SQLite (batch mode recreates tables) need foreign keys off; integrity is
     # checked with PRAGMA foreign_key_check before commit instead, as SQLite's docs prescribe.
