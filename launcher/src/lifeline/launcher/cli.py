@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lifeline",
         description="Lifeline: city infrastructure lifeline safety (城市基础设施生命线安全工程).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,demo,simulate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,demo,simulate,census}")
 
     run = sub.add_parser(
         "run",
@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--gas-leak-at", type=float, default=300.0, help="seconds after start (<0: none)")
     sim.add_argument("--burst-at", type=float, default=900.0, help="seconds after start (<0: none)")
     sim.add_argument("--rate", type=float, default=5000.0, help="max readings per second (0: no cap)")
+
+    census = sub.add_parser(
+        "census",
+        help="write the sample census of Hefei and Wuhu (facilities, sensors, links, risk sources, units)",
+        description="Generate the synthetic sample census (deterministic for a seed) as GeoJSON, CSV and JSON.",
+    )
+    from .census import build_parser as census_arguments
+
+    census_arguments(census)
     return parser
 
 
@@ -202,7 +211,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "simulate": cmd_simulate}
+def cmd_census(args: argparse.Namespace) -> int:
+    from .census import run
+
+    return run(args)
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "simulate": cmd_simulate, "census": cmd_census}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
