@@ -32,6 +32,7 @@ log = logging.getLogger("lifeline.launcher")
 SERVICES: dict[str, str] = {
     "ingest": "lifeline.ingest.app:IngestApp",
     "assets": "lifeline.assets.app:AssetsApp",
+    "alerts": "lifeline.alerts.app:AlertsApp",
 }
 
 # What each tier runs (DESIGN §1). ``--services all`` means these, of the services that exist.

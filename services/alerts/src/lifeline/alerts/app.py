@@ -1,0 +1,84 @@
+"""The alerts service assembled: catalogue and policy, engine, consumers, the workflow timer, REST and gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from lifeline.kit.bus import PullConsumer
+from lifeline.kit.catalogue import load_quantities
+from lifeline.kit.grpc import AddServicerFn
+from lifeline.kit.http import create_http_app
+from lifeline.kit.runtime import Periodic, Service
+from lifeline.v1 import alerts_pb2_grpc
+
+from .consumers import ASSETS_SUBJECT, READINGS_SUBJECT, STATUS_SUBJECT, AssetsHandler, ReadingsHandler, StatusHandler
+from .endpoints import router
+from .grpc import AlertServiceServicer
+from .policy import load_policy
+from .service import AlertsService
+from .settings import AlertsSettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class AlertsApp(Service):
+    name = "alerts"
+    settings_cls = AlertsSettings
+    migrations = MIGRATIONS
+    grpc_service_names = ("lifeline.v1.AlertService",)
+
+    settings: AlertsSettings
+
+    async def setup(self) -> None:
+        s = self.settings
+        region = self.instance.region
+        self.service = AlertsService(
+            region=region,
+            catalogue=load_quantities(s.quantities_file),
+            policy=load_policy(s.policy_file),
+            db=self.db,
+        )
+        await self.service.load()
+        # The census first: a sensor's context should be known before its readings are evaluated.
+        self.background += [
+            PullConsumer(
+                self.bus,
+                stream="EVENTS",
+                durable=f"alerts-assets-{region}",
+                filter_subject=ASSETS_SUBJECT,
+                handler=AssetsHandler(self.service),
+                batch=256,
+            ),
+            PullConsumer(
+                self.bus,
+                stream="READINGS",
+                durable=f"alerts-readings-{region}",
+                filter_subject=READINGS_SUBJECT,
+                handler=ReadingsHandler(self.service),
+                batch=s.consumer_batch,
+                linger=s.consumer_linger_s,
+                fetch_timeout=0.5,
+            ),
+            PullConsumer(
+                self.bus,
+                stream="EVENTS",
+                durable=f"alerts-status-{region}",
+                filter_subject=STATUS_SUBJECT,
+                handler=StatusHandler(self.service),
+                batch=256,
+            ),
+            Periodic("alerts-timers", s.timer_interval_s, self.service.check_overdue),
+        ]
+
+    def create_app(self) -> FastAPI:
+        app = create_http_app(title="Lifeline alerts", version="0.1.0")
+        app.include_router(router)
+        app.state.alerts = self.service
+        return app
+
+    def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
+        return ((alerts_pb2_grpc.add_AlertServiceServicer_to_server, AlertServiceServicer(self.service)),)

@@ -1,0 +1,125 @@
+"""Alerts' copy of the census: assets' change events as plain documents, and the engine's contexts from them.
+
+Documents are the events' entities as JSON (``MessageToDict``), so fields assets adds later (threshold
+overrides, setpoints, baselines, maintenance windows) are kept as they arrive and read defensively here:
+an unknown or malformed field is ignored, never fatal for the evaluation of the other sensors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from google.protobuf import json_format
+from pydantic import ValidationError
+
+from lifeline.kit.catalogue import Level, ThresholdRule
+from lifeline.v1 import assets_pb2
+
+from .engine import FacilityContext, SensorContext, ThresholdOverride, Window
+
+log = logging.getLogger(__name__)
+
+# Entity of an events.assets.<entity>.<region> subject → (event type, field holding the entity, key field).
+ENTITIES: dict[str, tuple[type[Any], str, str]] = {
+    "sensor": (assets_pb2.SensorChanged, "sensor", "sensor_id"),
+    "facility": (assets_pb2.FacilityChanged, "facility", "code"),
+    "unit": (assets_pb2.UnitChanged, "unit", "id"),
+}
+_LEVEL_KEYS = {"IV": Level.IV, "III": Level.III, "II": Level.II, "I": Level.I}
+
+
+def entity_doc(entity: str, payload: bytes) -> tuple[str, int, dict[str, Any]] | None:
+    """(key, version, document) of an assets change event; None for entities alerts does not keep."""
+    spec = ENTITIES.get(entity)
+    if spec is None:
+        return None
+    cls, field, key = spec
+    event = cls.FromString(payload)
+    doc = json_format.MessageToDict(getattr(event, field), preserving_proto_field_name=True)
+    doc["change"] = assets_pb2.ChangeKind.Name(event.change).removeprefix("CHANGE_KIND_").lower()
+    return str(doc.get(key, "")), int(doc.get("version", 0)), doc
+
+
+def _enum_name(value: Any, prefix: str) -> str:
+    return str(value or "").removeprefix(prefix).lower()
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _levels(raw: Any) -> dict[Level, float | tuple[float, float]]:
+    """``{IV: 5, ...}`` (any key case; a band as [low, high] or {low, high}) → catalogue levels."""
+    out: dict[Level, float | tuple[float, float]] = {}
+    if not isinstance(raw, dict):
+        return out
+    for key, value in raw.items():
+        level = _LEVEL_KEYS.get(str(key).upper().removeprefix("LEVEL_"))
+        if level is None:
+            continue
+        if isinstance(value, dict) and "low" in value and "high" in value:
+            lo, hi = _float(value["low"]), _float(value["high"])
+            if lo is not None and hi is not None:
+                out[level] = (lo, hi)
+        elif isinstance(value, list | tuple) and len(value) == 2:
+            lo, hi = _float(value[0]), _float(value[1])
+            if lo is not None and hi is not None:
+                out[level] = (lo, hi)
+        elif (v := _float(value)) is not None:
+            out[level] = v
+    return out
+
+
+def thresholds(raw: Any, default_quantity: str, owner: str) -> tuple[ThresholdOverride, ...]:
+    """Assets' threshold overrides; entries that do not validate are logged and left out."""
+    out: list[ThresholdOverride] = []
+    for item in raw if isinstance(raw, list) else []:
+        if not isinstance(item, dict):
+            continue
+        measure = _enum_name(item.get("measure") or "value", "MEASURE_") or "value"
+        direction = _enum_name(item.get("direction") or "above", "DIRECTION_")
+        quantity = str(item.get("quantity") or default_quantity)
+        try:
+            rule = ThresholdRule(direction=direction, levels=_levels(item.get("levels")))  # type: ignore[arg-type]
+        except ValidationError as exc:
+            log.warning("ignoring thresholds of %s: %s", owner, exc.errors()[0]["msg"])
+            continue
+        out.append(ThresholdOverride(quantity=quantity, measure=measure, rule=rule))
+    return tuple(out)
+
+
+def sensor_context(doc: dict[str, Any]) -> SensorContext:
+    windows = []
+    for w in doc.get("windows") or []:
+        if isinstance(w, dict):
+            start, end = _float(w.get("start_ms")), _float(w.get("end_ms"))
+            if start is not None and end is not None:
+                windows.append(
+                    Window(kind=_enum_name(w.get("kind"), "WINDOW_KIND_"), start_ms=int(start), end_ms=int(end))
+                )
+    quantity = str(doc.get("quantity", ""))
+    return SensorContext(
+        sensor_id=str(doc.get("sensor_id", "")),
+        quantity=quantity,
+        facility_code=str(doc.get("facility_code", "")),
+        region=str(doc.get("region", "")),
+        active=doc.get("change") != "retired" and _enum_name(doc.get("status"), "ASSET_SENSOR_STATUS_") != "retired",
+        setpoint=_float(doc.get("setpoint")),
+        baseline=_float(doc.get("baseline")),
+        windows=tuple(windows),
+        thresholds=thresholds(doc.get("thresholds"), quantity, f"sensor {doc.get('sensor_id')}"),
+    )
+
+
+def facility_context(doc: dict[str, Any]) -> FacilityContext:
+    return FacilityContext(
+        code=str(doc.get("code", "")),
+        kind=_enum_name(doc.get("kind"), "FACILITY_KIND_"),
+        region=str(doc.get("region", "")),
+        unit_id=str(doc.get("unit_id", "")),
+        thresholds=thresholds(doc.get("thresholds"), "", f"facility {doc.get('code')}"),
+    )

@@ -1,0 +1,229 @@
+"""Every query of the alerts service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, case, delete, insert, or_, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from . import models as m
+
+
+async def _conn(session: AsyncSession) -> Any:
+    return await session.connection()
+
+
+# --- census copy -----------------------------------------------------------------------------------
+
+CTX = {"sensor": (m.ctx_sensors, "sensor_id"), "facility": (m.ctx_facilities, "code"), "unit": (m.ctx_units, "id")}
+
+
+async def upsert_ctx(*, session: AsyncSession, entity: str, key: str, version: int, doc: dict[str, Any]) -> bool:
+    """Keep a newer version of a census entity; False if the stored one is as new (a redelivery)."""
+    table, key_col = CTX[entity]
+    conn = await _conn(session)
+    current = (await conn.execute(select(table.c.version).where(table.c[key_col] == key))).scalar()
+    if current is not None and current >= version:
+        return False
+    if current is None:
+        await conn.execute(insert(table).values({key_col: key, "version": version, "doc": doc}))
+    else:
+        await conn.execute(update(table).where(table.c[key_col] == key).values(version=version, doc=doc))
+    return True
+
+
+async def all_ctx(*, session: AsyncSession, entity: str) -> list[dict[str, Any]]:
+    table, _ = CTX[entity]
+    return [dict(r.doc) for r in (await (await _conn(session)).execute(select(table.c.doc))).all()]
+
+
+async def get_ctx(*, session: AsyncSession, entity: str, key: str) -> dict[str, Any] | None:
+    table, key_col = CTX[entity]
+    doc = (await (await _conn(session)).execute(select(table.c.doc).where(table.c[key_col] == key))).scalar()
+    return dict(doc) if doc is not None else None
+
+
+# --- rule states -----------------------------------------------------------------------------------
+
+
+async def all_states(*, session: AsyncSession) -> list[Row[Any]]:
+    return list((await (await _conn(session)).execute(select(m.rule_states))).all())
+
+
+async def save_states(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Replace the given states (delete + insert: portable, and the rows are few per batch)."""
+    if not rows:
+        return
+    conn = await _conn(session)
+    c = m.rule_states.c
+    await conn.execute(delete(m.rule_states).where(c.fingerprint.in_([r["fingerprint"] for r in rows])))
+    await conn.execute(insert(m.rule_states), list(rows))
+
+
+# --- alerts ----------------------------------------------------------------------------------------
+
+
+async def get_alert(*, session: AsyncSession, alert_id: str) -> Row[Any] | None:
+    return (await (await _conn(session)).execute(select(m.alerts).where(m.alerts.c.id == alert_id))).first()
+
+
+async def open_incident(*, session: AsyncSession, facility_code: str) -> str | None:
+    """The incident of an open alert on the facility, if any."""
+    c = m.alerts.c
+    stmt = select(c.incident_id).where(c.facility_code == facility_code, c.is_open).limit(1)
+    return (await (await _conn(session)).execute(stmt)).scalar()
+
+
+async def insert_alert(*, session: AsyncSession, values: dict[str, Any]) -> None:
+    await (await _conn(session)).execute(insert(m.alerts).values(**values))
+
+
+async def update_alert(
+    *, session: AsyncSession, alert_id: str, values: dict[str, Any], expected_version: int | None = None
+) -> bool:
+    c = m.alerts.c
+    conds = [c.id == alert_id]
+    if expected_version is not None:
+        conds.append(c.version == expected_version)
+    res = await (await _conn(session)).execute(update(m.alerts).where(*conds).values(**values))
+    return bool(res.rowcount)
+
+
+async def add_breaches(
+    *, session: AsyncSession, alert_id: str, count: int, last: float, peak: float, higher_is_worse: bool, at_ms: int
+) -> None:
+    """Count repeated breaches of an open alert; keep the last value and the worst one."""
+    c = m.alerts.c
+    worse = c.peak_value < peak if higher_is_worse else c.peak_value > peak
+    await (await _conn(session)).execute(
+        update(m.alerts)
+        .where(c.id == alert_id, c.is_open)
+        .values(
+            breach_count=c.breach_count + count,
+            last_value=last,
+            peak_value=case((or_(c.peak_value.is_(None), worse), peak), else_=c.peak_value),
+            updated_ms=at_ms,
+        )
+    )
+
+
+async def insert_history(*, session: AsyncSession, values: dict[str, Any]) -> None:
+    await (await _conn(session)).execute(insert(m.alert_history).values(**values))
+
+
+async def history(*, session: AsyncSession, alert_id: str) -> list[Row[Any]]:
+    c = m.alert_history.c
+    stmt = select(m.alert_history).where(c.alert_id == alert_id).order_by(c.seq)
+    return list((await (await _conn(session)).execute(stmt)).all())
+
+
+async def list_alerts(
+    *,
+    session: AsyncSession,
+    region_prefixes: list[str],
+    equals: dict[str, Any],
+    include_closed: bool,
+    overdue: bool,
+    from_ms: int | None,
+    to_ms: int | None,
+    after: tuple[int, str] | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """Newest first, paged by (raised_ms, id)."""
+    c = m.alerts.c
+    conds: list[Any] = [c.region.like(f"{p}%") for p in region_prefixes if p]
+    conds += [c[col] == v for col, v in equals.items() if v is not None]
+    if not include_closed:
+        conds.append(c.is_open)
+    if overdue:
+        conds.append(c.overdue)
+    if from_ms is not None:
+        conds.append(c.raised_ms >= from_ms)
+    if to_ms is not None:
+        conds.append(c.raised_ms < to_ms)
+    if after is not None:
+        conds.append(or_(c.raised_ms < after[0], and_(c.raised_ms == after[0], c.id < after[1])))
+    stmt = select(m.alerts).where(*conds).order_by(c.raised_ms.desc(), c.id.desc()).limit(limit)
+    return list((await (await _conn(session)).execute(stmt)).all())
+
+
+async def due_alerts(*, session: AsyncSession, now_ms: int, limit: int = 500) -> list[Row[Any]]:
+    """Open alerts whose current step is past its time limit and not yet marked overdue."""
+    c = m.alerts.c
+    stmt = select(m.alerts).where(c.due_ms <= now_ms, c.is_open, ~c.overdue).order_by(c.due_ms).limit(limit)
+    return list((await (await _conn(session)).execute(stmt)).all())
+
+
+# --- rules, silences, baselines ------------------------------------------------------------------
+
+
+async def get_rule(*, session: AsyncSession, rule_id: str) -> Row[Any] | None:
+    return (await (await _conn(session)).execute(select(m.rules).where(m.rules.c.id == rule_id))).first()
+
+
+async def live_rules(*, session: AsyncSession) -> list[Row[Any]]:
+    return list((await (await _conn(session)).execute(select(m.rules).where(~m.rules.c.deleted))).all())
+
+
+async def save_rule(*, session: AsyncSession, values: dict[str, Any], expected_version: int | None) -> bool:
+    conn = await _conn(session)
+    if expected_version is None:
+        await conn.execute(insert(m.rules).values(**values))
+        return True
+    c = m.rules.c
+    res = await conn.execute(
+        update(m.rules).where(c.id == values["id"], c.version == expected_version).values(**values)
+    )
+    return bool(res.rowcount)
+
+
+async def insert_rule_history(*, session: AsyncSession, values: dict[str, Any]) -> None:
+    await (await _conn(session)).execute(insert(m.rule_history).values(**values))
+
+
+async def rule_history(*, session: AsyncSession, rule_id: str) -> list[Row[Any]]:
+    c = m.rule_history.c
+    stmt = select(m.rule_history).where(c.rule_id == rule_id).order_by(c.version)
+    return list((await (await _conn(session)).execute(stmt)).all())
+
+
+async def insert_silence(*, session: AsyncSession, values: dict[str, Any]) -> None:
+    await (await _conn(session)).execute(insert(m.silences).values(**values))
+
+
+async def get_silence(*, session: AsyncSession, silence_id: str) -> Row[Any] | None:
+    return (await (await _conn(session)).execute(select(m.silences).where(m.silences.c.id == silence_id))).first()
+
+
+async def end_silence(*, session: AsyncSession, silence_id: str, ends_ms: int) -> None:
+    await (await _conn(session)).execute(
+        update(m.silences).where(m.silences.c.id == silence_id).values(ends_ms=ends_ms)
+    )
+
+
+async def silences(*, session: AsyncSession, active_at: int | None = None) -> list[Row[Any]]:
+    c = m.silences.c
+    stmt = select(m.silences).order_by(c.created_ms.desc(), c.id)
+    if active_at is not None:
+        stmt = stmt.where(c.ends_ms > active_at)
+    return list((await (await _conn(session)).execute(stmt)).all())
+
+
+async def baseline_hours(*, session: AsyncSession, since_hour: int) -> list[Row[Any]]:
+    c = m.baseline_hours.c
+    stmt = select(m.baseline_hours).where(c.hour >= since_hour).order_by(c.sensor_id, c.hour)
+    return list((await (await _conn(session)).execute(stmt)).all())
+
+
+async def save_hours(*, session: AsyncSession, rows: Iterable[tuple[str, int, float]]) -> None:
+    values = [{"sensor_id": s, "hour": h, "mean": v} for s, h, v in rows]
+    if not values:
+        return
+    conn = await _conn(session)
+    c = m.baseline_hours.c
+    for v in values:  # a redelivered batch may finish the same hour again
+        await conn.execute(delete(m.baseline_hours).where(c.sensor_id == v["sensor_id"], c.hour == v["hour"]))
+    await conn.execute(insert(m.baseline_hours), values)

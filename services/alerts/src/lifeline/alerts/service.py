@@ -1,0 +1,986 @@
+"""Alerts logic: readings evaluated into alerts, the handling workflow, rules and silences.
+
+Evaluation runs in memory (``Engine``); per batch of readings, the states that changed, the alerts they
+raise or move and the events to publish are written in one transaction, and the batch is acknowledged
+only after it commits. A failed transaction rolls the engine back, so the redelivery starts over from the
+same states. Workflow steps and timers write the alert, its history entry and its event together too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from lifeline.kit import i18n
+from lifeline.kit.api import bad_page_token, decode_page_token, encode_page_token, require_any_role
+from lifeline.kit.audit import audit
+from lifeline.kit.auth import Principal
+from lifeline.kit.catalogue import Level, QuantityCatalogue, ThresholdRule, UnknownQuantityError
+from lifeline.kit.db import Database
+from lifeline.kit.outbox import enqueue
+from lifeline.kit.problems import FieldError, ProblemError
+from lifeline.v1 import common_pb2, telemetry_pb2
+
+from . import repository
+from .context import entity_doc, facility_context, sensor_context
+from .engine import SEVERITY, Change, Condition, Engine, HourlyHistory, RuleSpec, RuleState
+from .messages import alert_event
+from .policy import Policy
+from .workflow import TERMINAL, State, allowed, due
+
+READER_ROLES = ("viewer", "partner", "operator", "admin", "service")
+WRITER_ROLES = ("operator", "admin", "service")
+MAX_PAGE = 1000
+SYSTEM = "system"
+_UNUSABLE = frozenset({common_pb2.QUALITY_BAD, common_pb2.QUALITY_MAINTENANCE})
+
+i18n.register(
+    {
+        "alerts.not_found": {"zh-CN": "{entity} {id} 不存在", "en": "{entity} {id} does not exist"},
+        "alerts.forbidden": {
+            "zh-CN": "无权访问区域 {region} 的告警",
+            "en": "not allowed to access alerts of region {region}",
+        },
+        "alerts.illegal_transition": {
+            "zh-CN": "告警处于“{state}”状态，不能转为“{to}”（可转为：{allowed}）",
+            "en": "the alert is {state} and cannot move to {to} (allowed: {allowed})",
+        },
+        "alerts.conflict": {
+            "zh-CN": "告警 {id} 刚被他人修改，请重新读取后再试",
+            "en": "alert {id} was changed concurrently; read it again and retry",
+        },
+        "alerts.rule_conflict": {
+            "zh-CN": "规则 {id} 刚被他人修改，请重新读取后再试",
+            "en": "rule {id} was changed concurrently; read it again and retry",
+        },
+        "alerts.no_unit": {
+            "zh-CN": "设施 {facility} 没有责任单位，请指定 unit_id",
+            "en": "facility {facility} has no responsible unit; give unit_id",
+        },
+        "alerts.duplicate_rule": {"zh-CN": "规则 {id} 已存在", "en": "rule {id} already exists"},
+        "alerts.bad_rule": {"zh-CN": "规则无效：{why}", "en": "invalid rule: {why}"},
+        "alerts.unknown_quantity": {"zh-CN": "未知的监测量 {quantity}", "en": "unknown quantity {quantity}"},
+        "alerts.rule_readonly": {
+            "zh-CN": "规则 {id} 来自监测量目录或资产阈值，请在那里修改",
+            "en": "rule {id} comes from the quantity catalogue or asset thresholds; change it there",
+        },
+        "alerts.bad_silence": {
+            "zh-CN": "静默须至少指定一个匹配条件，且结束时间晚于开始时间",
+            "en": "a silence needs at least one matcher and must end after it starts",
+        },
+        "alerts.entity.alert": {"zh-CN": "告警", "en": "alert"},
+        "alerts.entity.rule": {"zh-CN": "规则", "en": "rule"},
+        "alerts.entity.silence": {"zh-CN": "静默", "en": "silence"},
+    }
+)
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def scope_prefix(region: str) -> str:
+    """The region-code prefix of everything ``region`` contains."""
+    if region == "100000":
+        return ""
+    if region.endswith("0000"):
+        return region[:2]
+    if region.endswith("00"):
+        return region[:4]
+    return region
+
+
+def _invalid(field: str, key: str, **params: Any) -> ProblemError:
+    return ProblemError(422, detail=key, params=params, errors=[FieldError(field, "invalid", key, params)])
+
+
+def _not_found(entity: str, key: str) -> ProblemError:
+    return ProblemError(404, detail="alerts.not_found", params={"entity": entity, "id": key})
+
+
+@dataclass(slots=True)
+class _Breaches:
+    count: int
+    last: float
+    peak: float
+    higher_is_worse: bool
+    at_ms: int
+
+
+def _higher_is_worse(change: Change) -> bool:
+    return not change.rule.conditions or change.rule.conditions[0].direction != "below"
+
+
+def alert_public(row: Any) -> dict[str, Any]:
+    d = dict(row._mapping)
+    d.pop("is_open", None)
+    d.pop("seq", None)
+    d.pop("state_ms", None)
+    d.pop("first_device_time_ms", None)
+    return d
+
+
+def history_public(row: Any) -> dict[str, Any]:
+    d = dict(row._mapping)
+    d.pop("alert_id", None)
+    return d
+
+
+class AlertsService:
+    """Evaluation of readings and status, the workflow, and region-scoped reads and writes."""
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        catalogue: QuantityCatalogue,
+        policy: Policy,
+        db: Database,
+        clock: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.region = region
+        self.catalogue = catalogue
+        self.policy = policy
+        self.db = db
+        self.clock = clock
+        self.engine = Engine(catalogue=catalogue, policy=policy)
+        self.units: dict[str, dict[str, Any]] = {}
+        self._silences: list[dict[str, Any]] = []
+
+    # --- start-up --------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Fill the engine from the database: census copy, rules, rule states, baselines, silences."""
+        async with self.db.transaction(readonly=True) as session:
+            for doc in await repository.all_ctx(session=session, entity="facility"):
+                self.engine.facilities[doc["code"]] = facility_context(doc)
+            for doc in await repository.all_ctx(session=session, entity="sensor"):
+                self.engine.set_sensor(sensor_context(doc))
+            for doc in await repository.all_ctx(session=session, entity="unit"):
+                self.units[doc["id"]] = doc
+            for row in await repository.live_rules(session=session):
+                self.engine.api_rules[row.id] = rule_spec(dict(row.doc), self.policy)
+            for row in await repository.all_states(session=session):
+                self.engine.load_state(
+                    RuleState(
+                        fingerprint=row.fingerprint,
+                        rule_id=row.rule_id,
+                        subject=row.subject,
+                        firing=Level(row.firing) if row.firing else None,
+                        pending_since=row.pending_since,
+                        clear_since=row.clear_since,
+                        last_ms=row.last_ms,
+                        alert_id=row.alert_id,
+                    ),
+                    reading_time=row.kind == "threshold",
+                )
+            days = self.policy.defaults.baseline_days
+            since = (self.clock() + self.policy.utc_offset_h * 3_600_000) // 3_600_000 - 24 * (days + 1)
+            for row in await repository.baseline_hours(session=session, since_hour=since):
+                hist = self.engine.hourly.get(row.sensor_id)
+                if hist is None:
+                    hist = self.engine.hourly[row.sensor_id] = HourlyHistory(days)
+                hist.hours[row.hour] = row.mean
+            self._silences = [dict(r._mapping) for r in await repository.silences(session=session)]
+        self.engine.rebind()
+
+    # --- census --------------------------------------------------------------------------------------
+
+    async def apply_assets(self, items: Iterable[tuple[str, bytes]]) -> None:
+        """Keep assets' change events ((entity, payload) pairs); older or repeated versions change nothing."""
+        kept: list[tuple[str, dict[str, Any]]] = []
+        async with self.db.transaction() as session:
+            for entity, payload in items:
+                parsed = entity_doc(entity, payload)
+                if parsed is None:
+                    continue
+                key, version, doc = parsed
+                if key and await repository.upsert_ctx(
+                    session=session, entity=entity, key=key, version=version, doc=doc
+                ):
+                    kept.append((entity, doc))
+        for entity, doc in kept:
+            if entity == "sensor":
+                self.engine.set_sensor(sensor_context(doc))
+            elif entity == "facility":
+                self.engine.set_facility(facility_context(doc))
+            else:
+                self.units[doc["id"]] = doc
+
+    # --- evaluation -------------------------------------------------------------------------------
+
+    async def evaluate(self, batches: Iterable[telemetry_pb2.ReadingsAccepted]) -> int:
+        """Evaluate accepted readings; returns how many alert changes were written."""
+        engine = self.engine
+        engine.begin()
+        changes: list[Change] = []
+        try:
+            for batch in batches:
+                for r in batch.readings:
+                    found = engine.evaluate(r.sensor_id, r.device_time_ms, r.value, usable=r.quality not in _UNUSABLE)
+                    if found:
+                        changes += found
+            await self._write(changes)
+        except BaseException:
+            engine.rollback()
+            raise
+        engine.commit()
+        return len(changes)
+
+    async def apply_status(self, events: Iterable[telemetry_pb2.SensorStatusChanged]) -> int:
+        """No-data rules from ingest's online/offline events."""
+        engine = self.engine
+        engine.begin()
+        changes: list[Change] = []
+        try:
+            for ev in events:
+                if ev.state in (telemetry_pb2.SENSOR_STATE_OFFLINE, telemetry_pb2.SENSOR_STATE_ONLINE):
+                    changes += engine.sensor_status(
+                        ev.sensor_id, ev.state == telemetry_pb2.SENSOR_STATE_OFFLINE, ev.changed_ms
+                    )
+            await self._write(changes)
+        except BaseException:
+            engine.rollback()
+            raise
+        engine.commit()
+        return len(changes)
+
+    async def _write(self, changes: list[Change]) -> None:
+        engine = self.engine
+        if not (changes or engine.dirty or engine.finished_hours):
+            return
+        async with self.db.transaction() as session:
+            breaches: dict[str, _Breaches] = {}
+            for ch in changes:
+                st = engine.states[ch.fingerprint]
+                if ch.kind == "breach":
+                    if st.alert_id is not None and not math.isnan(ch.value):
+                        b = breaches.get(st.alert_id)
+                        worse = _higher_is_worse(ch)
+                        if b is None:
+                            breaches[st.alert_id] = _Breaches(1, ch.value, ch.value, worse, ch.at_ms)
+                        else:
+                            b.count += 1
+                            b.last = ch.value
+                            b.peak = max(b.peak, ch.value) if worse else min(b.peak, ch.value)
+                            b.at_ms = ch.at_ms
+                    continue
+                await self._apply_change(session, ch, st)
+            for alert_id, b in breaches.items():
+                await repository.add_breaches(
+                    session=session,
+                    alert_id=alert_id,
+                    count=b.count,
+                    last=b.last,
+                    peak=b.peak,
+                    higher_is_worse=b.higher_is_worse,
+                    at_ms=b.at_ms,
+                )
+            rows = []
+            for fp in engine.dirty:
+                st = engine.states[fp]
+                rule_kind = "no_data" if st.rule_id == "no_data" or fp.startswith("no_data") else "threshold"
+                rule = engine.api_rules.get(st.rule_id)
+                if rule is not None:
+                    rule_kind = rule.kind
+                rows.append(
+                    {
+                        "fingerprint": fp,
+                        "rule_id": st.rule_id,
+                        "subject": st.subject,
+                        "kind": rule_kind,
+                        "firing": str(st.firing) if st.firing else None,
+                        "pending_since": st.pending_since,
+                        "clear_since": st.clear_since,
+                        "last_ms": st.last_ms,
+                        "alert_id": st.alert_id,
+                    }
+                )
+            await repository.save_states(session=session, rows=rows)
+            await repository.save_hours(session=session, rows=engine.finished_hours)
+
+    async def _apply_change(self, session: Any, ch: Change, st: RuleState) -> None:
+        row = await repository.get_alert(session=session, alert_id=st.alert_id) if st.alert_id else None
+        open_row = row if row is not None and row.is_open else None
+        now = self.clock()
+        if ch.kind == "cleared":
+            if open_row is not None and open_row.condition == "active":
+                await self._record(
+                    session,
+                    open_row,
+                    kind="cleared",
+                    values={"condition": "cleared", "cleared_ms": ch.at_ms, "last_value": _num(ch.value)},
+                    entry={"value": _num(ch.value)},
+                    reading_time_ms=ch.at_ms,
+                )
+            return
+        if open_row is None:
+            st.alert_id = await self._raise(session, ch, now)
+            return
+        if ch.kind == "raised":
+            # The condition came back while people still handle the alert: the same alert is active again.
+            level = ch.level
+            values = {"condition": "active", "cleared_ms": None, "level": str(level), "last_value": _num(ch.value)}
+            if SEVERITY[level] > SEVERITY[Level(open_row.peak_level)]:
+                values["peak_level"] = str(level)
+            await self._record(
+                session,
+                open_row,
+                kind="raised",
+                values=values,
+                entry={"from_level": open_row.level, "to_level": str(level), "value": _num(ch.value)},
+                reading_time_ms=ch.at_ms,
+            )
+            return
+        values = {"level": str(ch.level), "last_value": _num(ch.value), "condition": "active"}
+        if SEVERITY[ch.level] > SEVERITY[Level(open_row.peak_level)]:
+            values["peak_level"] = str(ch.level)
+        state = State(open_row.state)
+        if state is not State.SUPERVISED and not open_row.overdue:
+            # Time limits follow the level: an escalated alert is due sooner.
+            step, due_ms = due(
+                self.policy, state=state, level=ch.level, raised_ms=open_row.raised_ms, entered_ms=open_row.state_ms
+            )
+            values.update(due_ms=due_ms, due_step=str(step) if step else None)
+        await self._record(
+            session,
+            open_row,
+            kind="level_changed",
+            values=values,
+            entry={"from_level": open_row.level, "to_level": str(ch.level), "value": _num(ch.value)},
+            reading_time_ms=ch.at_ms,
+        )
+
+    async def _raise(self, session: Any, ch: Change, now: int) -> str:
+        sensor = ch.sensor
+        facility = self.engine.facilities.get(sensor.facility_code)
+        incident = await repository.open_incident(session=session, facility_code=sensor.facility_code)
+        alert_id = str(uuid.uuid4())
+        step, due_ms = due(self.policy, state=State.RAISED, level=ch.level, raised_ms=now, entered_ms=now)
+        cond = ch.rule.conditions[0] if ch.rule.conditions else None
+        silence = self._silenced(
+            sensor.sensor_id,
+            sensor.facility_code,
+            facility.kind if facility else "",
+            sensor.region,
+            sensor.quantity,
+            now,
+        )
+        values = {
+            "id": alert_id,
+            "fingerprint": ch.fingerprint,
+            "is_open": True,
+            "rule_id": ch.rule.id,
+            "sensor_id": "" if ch.rule.kind == "composite" else sensor.sensor_id,
+            "facility_code": sensor.facility_code,
+            "facility_kind": facility.kind if facility else "",
+            "quantity": sensor.quantity if ch.rule.kind != "composite" else "",
+            "region": sensor.region,
+            "level": str(ch.level),
+            "peak_level": str(ch.level),
+            "state": str(State.RAISED),
+            "resume_state": None,
+            "condition": "active",
+            "incident_id": incident or str(uuid.uuid4()),
+            "unit_id": None,
+            "measure": cond.measure if cond else ch.rule.kind,
+            "first_value": _num(ch.value),
+            "last_value": _num(ch.value),
+            "peak_value": _num(ch.value),
+            "breach_count": 1,
+            "raised_ms": now,
+            "updated_ms": now,
+            "state_ms": now,
+            "cleared_ms": None,
+            "closed_ms": None,
+            "due_ms": due_ms,
+            "due_step": str(step) if step else None,
+            "overdue": False,
+            "suppressed": silence is not None,
+            "suppressed_by": silence,
+            "version": 1,
+            "seq": 1,
+            "first_device_time_ms": ch.at_ms,
+        }
+        await repository.insert_alert(session=session, values=values)
+        entry = {
+            "alert_id": alert_id,
+            "seq": 1,
+            "kind": "raised",
+            "at_ms": now,
+            "actor": SYSTEM,
+            "from_state": None,
+            "to_state": str(State.RAISED),
+            "from_level": None,
+            "to_level": str(ch.level),
+            "comment": None,
+            "attachments": [],
+            "value": _num(ch.value),
+            "step": None,
+            "unit_id": None,
+        }
+        await repository.insert_history(session=session, values=entry)
+        self._publish(session, "raised", values, entry, ch.at_ms)
+        return alert_id
+
+    def _silenced(self, sensor_id: str, facility: str, kind: str, region: str, quantity: str, now: int) -> str | None:
+        for s in self._silences:
+            if not (s["starts_ms"] <= now < s["ends_ms"]):
+                continue
+            if (
+                (not s["sensor_id"] or s["sensor_id"] == sensor_id)
+                and (not s["facility_code"] or s["facility_code"] == facility)
+                and (not s["facility_kind"] or s["facility_kind"] == kind)
+                and (not s["region"] or region.startswith(scope_prefix(s["region"])))
+                and (not s["quantity"] or s["quantity"] == quantity)
+            ):
+                return str(s["id"])
+        return None
+
+    async def _record(
+        self,
+        session: Any,
+        row: Any,
+        *,
+        kind: str,
+        values: dict[str, Any],
+        entry: dict[str, Any],
+        actor: str = SYSTEM,
+        reading_time_ms: int = 0,
+        expected_version: int | None = None,
+    ) -> dict[str, Any]:
+        """Change an alert, add its history entry and its event; 409 if someone changed it meanwhile."""
+        now = self.clock()
+        seq = row.seq + 1
+        values = {**values, "version": row.version + 1, "seq": seq, "updated_ms": now}
+        if not await repository.update_alert(
+            session=session, alert_id=row.id, values=values, expected_version=expected_version or row.version
+        ):
+            raise ProblemError(409, detail="alerts.conflict", params={"id": row.id})
+        full = {**dict(row._mapping), **values}
+        history = {
+            "alert_id": row.id,
+            "seq": seq,
+            "kind": kind,
+            "at_ms": now,
+            "actor": actor,
+            "from_state": None,
+            "to_state": None,
+            "from_level": None,
+            "to_level": None,
+            "comment": None,
+            "attachments": [],
+            "value": None,
+            "step": None,
+            "unit_id": None,
+            **entry,
+        }
+        await repository.insert_history(session=session, values=history)
+        self._publish(session, kind, full, history, reading_time_ms)
+        return full
+
+    def _publish(
+        self, session: Any, kind: str, alert: dict[str, Any], entry: dict[str, Any], reading_time_ms: int
+    ) -> None:
+        enqueue(
+            session,
+            subject=f"events.alerts.{kind}.{alert['region']}",
+            payload=alert_event(kind, alert, entry, reading_time_ms),
+            event_id=f"alert:{alert['id']}:{entry['seq']}",
+        )
+
+    # --- workflow -----------------------------------------------------------------------------------
+
+    def _visible(self, region: str, principal: Principal, *, action: str, resource: str, source: str | None) -> None:
+        if principal.region is None or not principal.sees(region):
+            audit(
+                principal=principal, action=action, resource=resource, region=region, source=source, outcome="forbidden"
+            )
+            raise ProblemError(403, detail="alerts.forbidden", params={"region": region})
+
+    async def transition(
+        self,
+        *,
+        alert_id: str,
+        to_state: State,
+        principal: Principal,
+        comment: str = "",
+        attachments: list[dict[str, Any]] | None = None,
+        unit_id: str | None = None,
+        expected_version: int | None = None,
+        source: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Move an alert one workflow step; the caller's role and region are checked first."""
+        async with self.db.transaction() as session:
+            row = await repository.get_alert(session=session, alert_id=alert_id)
+            if row is None:
+                raise _not_found("alert", alert_id)
+            self._visible(
+                row.region, principal, action="alert.transition", resource=f"alerts/{alert_id}", source=source
+            )
+            require_any_role(principal, tuple(self.policy.roles.get(str(to_state), WRITER_ROLES)))
+            state = State(row.state)
+            resume = State(row.resume_state) if row.resume_state else None
+            legal = allowed(state, resume)
+            if to_state not in legal:
+                raise ProblemError(
+                    409,
+                    detail="alerts.illegal_transition",
+                    params={"state": str(state), "to": str(to_state), "allowed": ", ".join(sorted(legal)) or "—"},
+                )
+            now = self.clock()
+            values: dict[str, Any] = {"state": str(to_state), "resume_state": None, "state_ms": now}
+            entry: dict[str, Any] = {
+                "from_state": str(state),
+                "to_state": str(to_state),
+                "comment": comment or None,
+                "attachments": attachments or [],
+            }
+            if to_state is State.DISPATCHED:
+                unit = unit_id or (
+                    self.engine.facilities.get(row.facility_code).unit_id
+                    if row.facility_code in self.engine.facilities
+                    else ""
+                )  # type: ignore[union-attr]
+                if not unit:
+                    raise _invalid("unit_id", "alerts.no_unit", facility=row.facility_code)
+                values["unit_id"] = unit
+                entry["unit_id"] = unit
+            step, due_ms = due(
+                self.policy, state=to_state, level=Level(row.level), raised_ms=row.raised_ms, entered_ms=now
+            )
+            if row.overdue and step is not None and str(step) == row.due_step:
+                # The step already went overdue and is under supervision: no second timer for it.
+                due_ms = None
+            else:
+                values["overdue"] = False
+            values.update(due_ms=due_ms, due_step=str(step) if step else None)
+            kind = "transitioned"
+            if to_state in TERMINAL:
+                values.update(is_open=False, closed_ms=now, due_ms=None, due_step=None)
+                kind = "closed"
+            alert = await self._record(
+                session,
+                row,
+                kind=kind,
+                values=values,
+                entry=entry,
+                actor=principal.subject,
+                expected_version=expected_version,
+            )
+            if to_state in TERMINAL:
+                self._forget_alert(row.fingerprint, row.id)
+        audit(
+            principal=principal,
+            action=f"alert.{to_state}",
+            resource=f"alerts/{alert_id}",
+            region=row.region,
+            source=source,
+        )
+        history = entry | {"seq": alert["seq"], "kind": kind, "at_ms": alert["updated_ms"], "actor": principal.subject}
+        return alert_public_dict(alert), history
+
+    def _forget_alert(self, fingerprint: str, alert_id: str) -> None:
+        """A closed alert no longer takes breaches; the rule state keeps firing until the condition clears."""
+        st = self.engine.states.get(fingerprint)
+        if st is not None and st.alert_id == alert_id:
+            st.alert_id = None
+
+    async def check_overdue(self) -> int:
+        """Mark alerts past their step's time limit SUPERVISED and publish ``overdue`` (the timer's job)."""
+        now = self.clock()
+        async with self.db.transaction() as session:
+            rows = await repository.due_alerts(session=session, now_ms=now)
+            for row in rows:
+                state = State(row.state)
+                await self._record(
+                    session,
+                    row,
+                    kind="overdue",
+                    values={"state": str(State.SUPERVISED), "resume_state": str(state), "overdue": True},
+                    entry={"from_state": str(state), "to_state": str(State.SUPERVISED), "step": row.due_step},
+                )
+        return len(rows)
+
+    # --- reads ----------------------------------------------------------------------------------------
+
+    async def list_alerts(
+        self,
+        *,
+        principal: Principal,
+        level: str | None = None,
+        state: str | None = None,
+        domain: str | None = None,
+        facility_code: str | None = None,
+        region_prefix: str | None = None,
+        from_ms: int | None = None,
+        to_ms: int | None = None,
+        overdue: bool = False,
+        include_closed: bool = False,
+        incident_id: str | None = None,
+        limit: int = 100,
+        page_token: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        require_any_role(principal, READER_ROLES)
+        if principal.region is None:
+            raise ProblemError(403, detail="alerts.forbidden", params={"region": region_prefix or self.region})
+        after = None
+        if page_token:
+            raw = decode_page_token(page_token)
+            ms, _, last_id = raw.partition(":")
+            if not ms.isdigit() or not last_id:
+                raise bad_page_token()
+            after = (int(ms), last_id)
+        async with self.db.transaction(readonly=True) as session:
+            rows = await repository.list_alerts(
+                session=session,
+                region_prefixes=[scope_prefix(principal.region), region_prefix or ""],
+                equals={
+                    "level": level,
+                    "state": state,
+                    "facility_kind": domain,
+                    "facility_code": facility_code,
+                    "incident_id": incident_id,
+                },
+                include_closed=include_closed or state in ("closed", "false_alarm"),
+                overdue=overdue,
+                from_ms=from_ms,
+                to_ms=to_ms,
+                after=after,
+                limit=limit + 1,
+            )
+        items = [alert_public(r) for r in rows[:limit]]
+        token = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            token = encode_page_token(f"{last.raised_ms}:{last.id}")
+        return items, token
+
+    async def get_alert(self, *, alert_id: str, principal: Principal, source: str | None = None) -> dict[str, Any]:
+        require_any_role(principal, READER_ROLES)
+        async with self.db.transaction(readonly=True) as session:
+            row = await repository.get_alert(session=session, alert_id=alert_id)
+            if row is None:
+                raise _not_found("alert", alert_id)
+            self._visible(row.region, principal, action="alert.read", resource=f"alerts/{alert_id}", source=source)
+            history = await repository.history(session=session, alert_id=alert_id)
+        return alert_public(row) | {"history": [history_public(h) for h in history]}
+
+    # --- rules --------------------------------------------------------------------------------------
+
+    def effective_rules(self, quantity: str | None = None) -> list[dict[str, Any]]:
+        """The catalogue's default rules (read-only here) of one quantity or all."""
+        codes = [quantity] if quantity else self.catalogue.codes()
+        out = []
+        for code in codes:
+            for spec in self.engine.default_rules(code):
+                out.append(rule_doc(spec))
+        return out
+
+    async def list_rules(
+        self, *, principal: Principal, quantity: str | None = None, origin: str | None = None
+    ) -> list[dict[str, Any]]:
+        require_any_role(principal, READER_ROLES)
+        docs: list[dict[str, Any]] = []
+        if origin in (None, "catalogue"):
+            docs += self.effective_rules(quantity)
+        if origin in (None, "api"):
+            async with self.db.transaction(readonly=True) as session:
+                for row in await repository.live_rules(session=session):
+                    doc = dict(row.doc)
+                    if quantity is None or any(c["quantity"] == quantity for c in doc.get("conditions", [])):
+                        docs.append(doc)
+        return docs
+
+    async def get_rule(self, *, rule_id: str, principal: Principal) -> dict[str, Any]:
+        require_any_role(principal, READER_ROLES)
+        if rule_id.startswith("catalogue:"):
+            for doc in self.effective_rules(rule_id.split(":")[1]):
+                if doc["id"] == rule_id:
+                    return doc
+        async with self.db.transaction(readonly=True) as session:
+            row = await repository.get_rule(session=session, rule_id=rule_id)
+            if row is None or row.deleted:
+                raise _not_found("rule", rule_id)
+            history = await repository.rule_history(session=session, rule_id=rule_id)
+        return dict(row.doc) | {"history": [dict(h._mapping) for h in history]}
+
+    def _check_rule(self, doc: dict[str, Any]) -> RuleSpec:
+        """Validate a rule document (422 naming what is wrong) and build its engine form."""
+        for i, c in enumerate(doc.get("conditions", [])):
+            try:
+                self.catalogue.get(c["quantity"])
+            except (KeyError, UnknownQuantityError):
+                raise _invalid(f"conditions[{i}].quantity", "alerts.unknown_quantity", quantity=c["quantity"]) from None
+        kind = doc["kind"]
+        n = len(doc.get("conditions", []))
+        if kind == "threshold" and n != 1:
+            raise _invalid("conditions", "alerts.bad_rule", why="a threshold rule has exactly one condition")
+        if kind == "composite" and n < 2:
+            raise _invalid("conditions", "alerts.bad_rule", why="a composite rule needs two or more conditions")
+        if kind in ("composite", "no_data") and not doc.get("level"):
+            raise _invalid("level", "alerts.bad_rule", why=f"a {kind} rule needs a level")
+        if kind == "no_data" and n:
+            raise _invalid("conditions", "alerts.bad_rule", why="a no-data rule has no conditions")
+        try:
+            return rule_spec(doc, self.policy)
+        except ValidationError as exc:
+            raise _invalid("conditions", "alerts.bad_rule", why=exc.errors()[0]["msg"]) from None
+
+    async def create_rule(
+        self, *, rule_in: dict[str, Any], principal: Principal, source: str | None = None
+    ) -> dict[str, Any]:
+        require_any_role(principal, WRITER_ROLES)
+        now = self.clock()
+        doc = {**rule_in, "id": rule_in.get("id") or f"rule-{uuid.uuid4().hex[:12]}", "origin": "api"}
+        doc.update(version=1, updated_ms=now, updated_by=principal.subject)
+        if doc["region"]:
+            self._visible(doc["region"], principal, action="rule.create", resource=f"rules/{doc['id']}", source=source)
+        spec = self._check_rule(doc)
+        async with self.db.transaction() as session:
+            if await repository.get_rule(session=session, rule_id=doc["id"]) is not None:
+                raise ProblemError(409, detail="alerts.duplicate_rule", params={"id": doc["id"]})
+            await repository.save_rule(session=session, values=_rule_row(doc), expected_version=None)
+            await repository.insert_rule_history(
+                session=session,
+                values={
+                    "rule_id": doc["id"],
+                    "version": 1,
+                    "change": "created",
+                    "at_ms": now,
+                    "actor": principal.subject,
+                    "doc": doc,
+                },
+            )
+        self.engine.set_rule(spec)
+        audit(
+            principal=principal,
+            action="rule.create",
+            resource=f"rules/{doc['id']}",
+            region=doc["region"] or None,
+            source=source,
+        )
+        return doc
+
+    async def update_rule(
+        self,
+        *,
+        rule_id: str,
+        changes: dict[str, Any],
+        principal: Principal,
+        source: str | None = None,
+        delete: bool = False,
+    ) -> dict[str, Any]:
+        require_any_role(principal, WRITER_ROLES)
+        if rule_id.startswith("catalogue:"):
+            raise ProblemError(409, detail="alerts.rule_readonly", params={"id": rule_id})
+        expected = changes.pop("expected_version", None)
+        now = self.clock()
+        async with self.db.transaction() as session:
+            row = await repository.get_rule(session=session, rule_id=rule_id)
+            if row is None or row.deleted:
+                raise _not_found("rule", rule_id)
+            if expected is not None and expected != row.version:
+                raise ProblemError(409, detail="alerts.rule_conflict", params={"id": rule_id})
+            doc = {
+                **dict(row.doc),
+                **changes,
+                "version": row.version + 1,
+                "updated_ms": now,
+                "updated_by": principal.subject,
+            }
+            if doc["region"]:
+                self._visible(
+                    doc["region"], principal, action="rule.update", resource=f"rules/{rule_id}", source=source
+                )
+            spec = self._check_rule(doc)
+            values = _rule_row(doc) | {"deleted": delete}
+            if not await repository.save_rule(session=session, values=values, expected_version=row.version):
+                raise ProblemError(409, detail="alerts.rule_conflict", params={"id": rule_id})
+            await repository.insert_rule_history(
+                session=session,
+                values={
+                    "rule_id": rule_id,
+                    "version": doc["version"],
+                    "change": "deleted" if delete else "updated",
+                    "at_ms": now,
+                    "actor": principal.subject,
+                    "doc": doc,
+                },
+            )
+        if delete:
+            self.engine.remove_rule(rule_id)
+        else:
+            self.engine.set_rule(spec)
+        audit(
+            principal=principal,
+            action="rule.delete" if delete else "rule.update",
+            resource=f"rules/{rule_id}",
+            region=doc["region"] or None,
+            source=source,
+        )
+        return doc
+
+    # --- silences -----------------------------------------------------------------------------------
+
+    async def create_silence(
+        self, *, silence_in: dict[str, Any], principal: Principal, source: str | None = None
+    ) -> dict[str, Any]:
+        require_any_role(principal, WRITER_ROLES)
+        now = self.clock()
+        doc = {**silence_in, "id": str(uuid.uuid4()), "created_by": principal.subject, "created_ms": now}
+        doc["starts_ms"] = doc.get("starts_ms") or now
+        matchers = ("sensor_id", "facility_code", "facility_kind", "region", "quantity")
+        if not any(doc.get(k) for k in matchers) or doc["ends_ms"] <= doc["starts_ms"]:
+            raise _invalid("ends_ms", "alerts.bad_silence")
+        self._visible(
+            doc["region"] or self.region, principal, action="silence.create", resource="silences", source=source
+        )
+        async with self.db.transaction() as session:
+            await repository.insert_silence(session=session, values=doc)
+        self._silences.append(doc)
+        audit(
+            principal=principal,
+            action="silence.create",
+            resource=f"silences/{doc['id']}",
+            region=doc["region"] or None,
+            source=source,
+        )
+        return doc | {"expired": False}
+
+    async def expire_silence(
+        self, *, silence_id: str, principal: Principal, source: str | None = None
+    ) -> dict[str, Any]:
+        require_any_role(principal, WRITER_ROLES)
+        now = self.clock()
+        async with self.db.transaction() as session:
+            row = await repository.get_silence(session=session, silence_id=silence_id)
+            if row is None:
+                raise _not_found("silence", silence_id)
+            self._visible(
+                row.region or self.region,
+                principal,
+                action="silence.expire",
+                resource=f"silences/{silence_id}",
+                source=source,
+            )
+            ends = min(row.ends_ms, now)
+            await repository.end_silence(session=session, silence_id=silence_id, ends_ms=ends)
+        for s in self._silences:
+            if s["id"] == silence_id:
+                s["ends_ms"] = ends
+        audit(
+            principal=principal,
+            action="silence.expire",
+            resource=f"silences/{silence_id}",
+            region=row.region or None,
+            source=source,
+        )
+        return dict(row._mapping) | {"ends_ms": ends, "expired": True}
+
+    async def list_silences(self, *, principal: Principal, include_expired: bool = False) -> list[dict[str, Any]]:
+        require_any_role(principal, READER_ROLES)
+        now = self.clock()
+        async with self.db.transaction(readonly=True) as session:
+            rows = await repository.silences(session=session, active_at=None if include_expired else now)
+        return [dict(r._mapping) | {"expired": r.ends_ms <= now} for r in rows]
+
+
+def _num(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def alert_public_dict(alert: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in alert.items() if k not in ("is_open", "seq", "state_ms", "first_device_time_ms")}
+
+
+def _rule_row(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": doc["id"],
+        "kind": doc["kind"],
+        "enabled": doc.get("enabled", True),
+        "deleted": False,
+        "version": doc["version"],
+        "updated_ms": doc["updated_ms"],
+        "updated_by": doc["updated_by"],
+        "doc": doc,
+    }
+
+
+def _levels(raw: dict[str, Any]) -> dict[Level, float | tuple[float, float]]:
+    return {Level(k): (tuple(v) if isinstance(v, list | tuple) else float(v)) for k, v in raw.items()}  # type: ignore[misc]
+
+
+def rule_spec(doc: dict[str, Any], policy: Policy) -> RuleSpec:
+    """The engine form of an API rule document; raises ValidationError on inconsistent levels."""
+    conditions = []
+    for c in doc.get("conditions", []):
+        tr = ThresholdRule(direction=c.get("direction", "above"), levels=_levels(c["levels"]))
+        cond = Condition.from_threshold(
+            c["quantity"],
+            c.get("measure", "value"),
+            tr,
+            margin_pct=policy.defaults.clear_margin_pct,
+            baseline_days=int(c.get("baseline_days", policy.defaults.baseline_days)),
+        )
+        if c.get("clear_margin") is not None:
+            cond = replace(cond, clear_margin=float(c["clear_margin"]))
+        conditions.append(cond)
+    return RuleSpec(
+        id=doc["id"],
+        name=doc["name"],
+        kind=doc["kind"],
+        origin="api",
+        conditions=tuple(conditions),
+        for_ms=int(doc.get("for_s", 0)) * 1000,
+        clear_for_ms=int(doc.get("clear_for_s", 0)) * 1000,
+        level=Level(doc["level"]) if doc.get("level") else None,
+        region=doc.get("region", ""),
+        facility_kind=doc.get("facility_kind", ""),
+        facility_code=doc.get("facility_code", ""),
+        sensor_id=doc.get("sensor_id", ""),
+        enabled=doc.get("enabled", True),
+    )
+
+
+def rule_doc(spec: RuleSpec) -> dict[str, Any]:
+    """A default rule as the API shows it."""
+    conditions = []
+    for c in spec.conditions:
+        levels: dict[str, Any] = {}
+        for level, lo, hi in c.steps:
+            levels[str(level)] = [lo, hi] if c.direction == "outside" else (lo if c.direction == "above" else hi)
+        conditions.append(
+            {
+                "quantity": c.quantity,
+                "measure": c.measure,
+                "direction": c.direction,
+                "levels": levels,
+                "clear_margin": c.clear_margin,
+                "baseline_days": c.baseline_days,
+            }
+        )
+    return {
+        "id": spec.id,
+        "name": spec.name,
+        "kind": spec.kind,
+        "origin": spec.origin,
+        "region": spec.region,
+        "facility_kind": spec.facility_kind,
+        "facility_code": spec.facility_code,
+        "sensor_id": spec.sensor_id,
+        "conditions": conditions,
+        "for_s": spec.for_ms // 1000,
+        "clear_for_s": spec.clear_for_ms // 1000,
+        "level": str(spec.level) if spec.level else None,
+        "enabled": spec.enabled,
+        "version": 0,
+        "updated_ms": 0,
+        "updated_by": "",
+    }

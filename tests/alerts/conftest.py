@@ -1,0 +1,49 @@
+"""An alerts service of a city instance (Hefei, 340100) on real NATS, a real database and real OIDC.
+
+The census arrives as assets' change events on the bus (as in production), readings as ingest's
+ReadingsAccepted batches; alert events are read back from the EVENTS stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from lifeline.alerts.app import AlertsApp
+from lifeline.alerts.settings import AlertsSettings
+
+from .helpers import Clock
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def alerts_settings(database_url: str) -> AlertsSettings:
+    # The timer is driven by the tests (check_overdue with a controllable clock), not by wall time.
+    return AlertsSettings(database_url=database_url, http_port=0, grpc_port=0, timer_interval_s=3600)
+
+
+@pytest.fixture
+async def alerts(service_runner, alerts_settings: AlertsSettings, clock: Clock) -> AlertsApp:
+    app: AlertsApp = await service_runner(AlertsApp, alerts_settings)
+    app.service.clock = clock
+    return app
+
+
+@pytest.fixture
+async def operator_token(token_factory) -> str:
+    return await token_factory("operator-340100")
+
+
+@pytest.fixture
+async def client(alerts: AlertsApp, operator_token: str) -> AsyncIterator[httpx.AsyncClient]:
+    assert alerts.http is not None
+    async with httpx.AsyncClient(
+        base_url=alerts.http.url, headers={"Authorization": f"Bearer {operator_token}"}, timeout=30
+    ) as c:
+        yield c

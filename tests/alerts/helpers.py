@@ -1,0 +1,136 @@
+"""Helpers shared by the alerts tests: census events, readings, reading alert events back."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+import nats.errors
+
+from lifeline.alerts.app import AlertsApp
+from lifeline.kit.auth import Principal
+from lifeline.v1 import alerts_pb2, assets_pb2, telemetry_pb2
+
+REGION = "340104"
+OPERATOR = Principal(
+    subject="op-1", client_id="operator-340100", roles=frozenset({"operator", "viewer"}), region="340100"
+)
+VIEWER = Principal(subject="v-1", client_id="viewer", roles=frozenset({"viewer"}), region="340100")
+OTHER_CITY = Principal(subject="op-2", client_id="operator-340200", roles=frozenset({"operator"}), region="340200")
+
+
+class Clock:
+    """A controllable wall clock (epoch ms) for the workflow's time limits."""
+
+    def __init__(self) -> None:
+        self.now = time.time_ns() // 1_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1000)
+
+
+def fresh_ids() -> tuple[str, str]:
+    """A facility code and a serial no earlier test published (JetStream remembers message ids)."""
+    serial = f"{secrets.randbelow(10**6):06d}"
+    return f"3401041102{serial}", serial
+
+
+async def publish_census(
+    app: AlertsApp,
+    code: str,
+    sensors: dict[str, str],
+    *,
+    unit_id: str = "unit-gas-1",
+    version: int = 1,
+    **sensor_extra: Any,
+) -> None:
+    """Publish assets' events for a gas facility and its sensors ({sensor id: quantity}) and wait for them."""
+    fac = assets_pb2.Facility(
+        code=code, kind=assets_pb2.FACILITY_KIND_GAS, name="燃气管段", region=REGION, unit_id=unit_id, version=version
+    )
+    await app.bus.publish(
+        f"events.assets.facility.{REGION}",
+        assets_pb2.FacilityChanged(change=assets_pb2.CHANGE_KIND_CREATED, facility=fac).SerializeToString(),
+        msg_id=f"facility:{code}:{version}:{secrets.token_hex(4)}",
+    )
+    for sid, quantity in sensors.items():
+        s = assets_pb2.AssetSensor(
+            sensor_id=sid,
+            facility_code=code,
+            quantity=quantity,
+            region=REGION,
+            interval_s=60,
+            version=version,
+            **sensor_extra,
+        )
+        await app.bus.publish(
+            f"events.assets.sensor.{REGION}",
+            assets_pb2.SensorChanged(change=assets_pb2.CHANGE_KIND_CREATED, sensor=s).SerializeToString(),
+            msg_id=f"sensor:{sid}:{version}:{secrets.token_hex(4)}",
+        )
+    for _ in range(200):
+        if all(sid in app.service.engine.sensors for sid in sensors) and code in app.service.engine.facilities:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("census events not applied")
+
+
+async def publish_readings(app: AlertsApp, readings: list[tuple[str, int, float]], *, quality: int = 0) -> None:
+    batch = telemetry_pb2.ReadingsAccepted(
+        region="340100",
+        readings=[
+            telemetry_pb2.Reading(sensor_id=s, device_time_ms=t, value=v, quality=quality) for s, t, v in readings
+        ],
+    )
+    await app.bus.publish("readings.340100", batch.SerializeToString(), msg_id=secrets.token_hex(8))
+
+
+class EventReader:
+    """Reads alert events from the EVENTS stream in order (an ephemeral ordered view per test)."""
+
+    def __init__(self, app: AlertsApp) -> None:
+        self.app = app
+        self.sub: Any = None
+
+    async def next(self, n: int = 1, timeout: float = 10.0) -> list[tuple[str, alerts_pb2.AlertEvent]]:
+        if self.sub is None:
+            self.sub = await self.app.bus.js.pull_subscribe(
+                "events.alerts.>", durable=f"t-{secrets.token_hex(4)}", stream="EVENTS"
+            )
+        got: list[Any] = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(got) < n and asyncio.get_running_loop().time() < deadline:
+            try:
+                msgs = await self.sub.fetch(n - len(got), timeout=0.5)
+            except nats.errors.TimeoutError:
+                continue
+            for m in msgs:
+                await m.ack()
+            got += msgs
+        assert len(got) == n, f"{len(got)} of {n} alert events"
+        return [(m.subject, alerts_pb2.AlertEvent.FromString(m.data)) for m in got]
+
+    async def none(self, wait: float = 0.5) -> None:
+        if self.sub is None:
+            self.sub = await self.app.bus.js.pull_subscribe(
+                "events.alerts.>", durable=f"t-{secrets.token_hex(4)}", stream="EVENTS"
+            )
+        try:
+            msgs = await self.sub.fetch(1, timeout=wait)
+        except nats.errors.TimeoutError:
+            return
+        raise AssertionError(f"unexpected alert event on {msgs[0].subject}")
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached in time")

@@ -1,0 +1,46 @@
+"""End to end through NATS and the database: census events and readings in, alert events out."""
+
+from __future__ import annotations
+
+from lifeline.alerts.app import AlertsApp
+from lifeline.v1 import alerts_pb2 as P
+from lifeline.v1 import common_pb2
+
+from .helpers import OPERATOR, EventReader, fresh_ids, publish_census, publish_readings
+
+S = 1000
+
+
+async def test_a_reading_raises_escalates_and_clears_one_alert(alerts: AlertsApp) -> None:
+    code, serial = fresh_ids()
+    sid = f"CH4-{serial}"
+    await publish_census(alerts, code, {sid: "gas.ch4"})
+    events = EventReader(alerts)
+    t0 = 1_760_000_000_000
+    # gas: `for` 30 s. 6 %LEL for 30 s → IV; then 60 → I at once; then back to 0 for the clear window (120 s).
+    await publish_readings(alerts, [(sid, t0, 6.0), (sid, t0 + 10 * S, 6.0)])
+    await publish_readings(alerts, [(sid, t0 + 30 * S, 6.5)])
+    [(subject, raised)] = await events.next()
+    assert subject == "events.alerts.raised.340104"
+    assert raised.kind == P.ALERT_EVENT_KIND_RAISED
+    a = raised.alert
+    assert (a.sensor_id, a.facility_code, a.level, a.state) == (
+        sid,
+        code,
+        common_pb2.WARNING_LEVEL_IV_BLUE,
+        P.ALERT_STATE_RAISED,
+    )
+    assert a.facility_kind and a.due_step == P.WORKFLOW_STEP_VERIFY and raised.reading_time_ms == t0 + 30 * S
+    await publish_readings(alerts, [(sid, t0 + 40 * S, 60.0), (sid, t0 + 50 * S, 61.0)])
+    [(subject, up)] = await events.next()
+    assert subject == "events.alerts.level_changed.340104"
+    assert up.alert.id == a.id and up.alert.level == common_pb2.WARNING_LEVEL_I_RED
+    assert up.alert.due_ms < a.due_ms  # level I is verified sooner
+    await publish_readings(alerts, [(sid, t0 + 60 * S, 0.0), (sid, t0 + 180 * S, 0.0)])
+    [(subject, cleared)] = await events.next()
+    assert subject == "events.alerts.cleared.340104"
+    assert cleared.alert.id == a.id and cleared.alert.condition == P.ALERT_CONDITION_CLEARED
+    assert cleared.alert.state == P.ALERT_STATE_RAISED  # the workflow is people's to finish
+    detail = await alerts.service.get_alert(alert_id=a.id, principal=OPERATOR)
+    assert [h["kind"] for h in detail["history"]] == ["raised", "level_changed", "cleared"]
+    assert detail["breach_count"] >= 2 and detail["peak_value"] == 61.0
