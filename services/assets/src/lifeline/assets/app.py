@@ -14,6 +14,8 @@ from lifeline.kit.http import create_http_app
 from lifeline.kit.runtime import Service
 from lifeline.v1 import assets_pb2_grpc
 
+from .coverage.endpoints import router as coverage_router
+from .coverage.service import coverage_service
 from .endpoints import router
 from .grpc import AssetRegistryServicer
 from .service import AssetsService
@@ -34,11 +36,14 @@ class AssetsApp(Service):
         self.service = AssetsService(
             region=self.instance.region, catalogue=load_quantities(self.settings.quantities_file), db=self.db
         )
+        self.coverage = coverage_service(self)
 
     def create_app(self) -> FastAPI:
         app = create_http_app(title="Lifeline assets", version="0.1.0")
         app.include_router(router)
+        app.include_router(coverage_router)
         app.state.assets = self.service
+        app.state.coverage = self.coverage
         return app
 
     def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:

@@ -19,3 +19,5 @@ class AssetsSettings(ServiceSettings):
     # An operator's quantity catalogue overlaid on the packaged one (sensor quantities are checked against it).
     quantities_file: Path | None = None
     max_page: int = 1000
+    # The instance's ingest gRPC address (its default port), asked when each sensor last reported (coverage).
+    ingest_grpc: str = "127.0.0.1:9101"

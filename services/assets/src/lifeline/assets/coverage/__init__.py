@@ -1,0 +1,1 @@
+"""Census coverage statistics: per domain and region, facilities registered, monitored, and reporting."""
