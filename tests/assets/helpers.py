@@ -36,3 +36,26 @@ async def counts(app: AssetsApp) -> dict[str, int]:
             out[name] = int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
         out["history"] = int((await conn.execute(select(func.count()).select_from(history_table))).scalar_one())
     return out
+
+
+def point(code: str, lon: float = 117.25, lat: float = 31.85, **extra: Any) -> dict[str, Any]:
+    """A facility drawn as a point (stations, valves, manholes)."""
+    return facility(code, geometry={"type": "Point", "coordinates": [lon, lat]}, **extra)
+
+
+def risk(risk_id: str = "R-0001", codes: tuple[str, ...] = (PIPE,), **extra: Any) -> dict[str, Any]:
+    return {
+        "id": risk_id,
+        "name": "长江西路燃气管道占压",
+        "hazard": "gas_leak",
+        "grade": "II",
+        "geometry": {"type": "Point", "coordinates": [117.205, 31.825]},
+        "facility_codes": list(codes),
+        "controls": ["每日巡检", "甲烷监测"],
+        "rectification": {"status": "in_progress", "owner": "合肥燃气集团", "deadline_ms": 1_800_000_000_000},
+        **extra,
+    }
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -27,7 +27,7 @@ if _version_not_supported:
 
 
 class AssetRegistryStub:
-    """Reads of the census, scoped by the caller's region.
+    """The census, scoped by the caller's region: reads, and writes with the same checks as REST.
     """
 
     def __init__(self, channel):
@@ -56,10 +56,125 @@ class AssetRegistryStub:
                 request_serializer=lifeline_dot_v1_dot_assets__pb2.ListSensorsRequest.SerializeToString,
                 response_deserializer=lifeline_dot_v1_dot_assets__pb2.ListSensorsResponse.FromString,
                 _registered_method=True)
+        self.CreateFacility = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/CreateFacility',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.CreateFacilityRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.CreateFacilityResponse.FromString,
+                _registered_method=True)
+        self.UpdateFacility = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/UpdateFacility',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.UpdateFacilityRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.UpdateFacilityResponse.FromString,
+                _registered_method=True)
+        self.RetireFacility = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/RetireFacility',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.RetireFacilityRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.RetireFacilityResponse.FromString,
+                _registered_method=True)
+        self.CreateSensor = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/CreateSensor',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.CreateSensorRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.CreateSensorResponse.FromString,
+                _registered_method=True)
+        self.UpdateSensor = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/UpdateSensor',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.UpdateSensorRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.UpdateSensorResponse.FromString,
+                _registered_method=True)
+        self.RetireSensor = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/RetireSensor',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.RetireSensorRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.RetireSensorResponse.FromString,
+                _registered_method=True)
+        self.CreateUnit = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/CreateUnit',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.CreateUnitRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.CreateUnitResponse.FromString,
+                _registered_method=True)
+        self.UpdateUnit = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/UpdateUnit',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.UpdateUnitRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.UpdateUnitResponse.FromString,
+                _registered_method=True)
+        self.RetireUnit = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/RetireUnit',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.RetireUnitRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.RetireUnitResponse.FromString,
+                _registered_method=True)
+        self.GetUnit = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/GetUnit',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.GetUnitRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.GetUnitResponse.FromString,
+                _registered_method=True)
+        self.ListUnits = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/ListUnits',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.ListUnitsRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.ListUnitsResponse.FromString,
+                _registered_method=True)
+        self.CreateRiskSource = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/CreateRiskSource',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.CreateRiskSourceRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.CreateRiskSourceResponse.FromString,
+                _registered_method=True)
+        self.UpdateRiskSource = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/UpdateRiskSource',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.UpdateRiskSourceRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.UpdateRiskSourceResponse.FromString,
+                _registered_method=True)
+        self.RetireRiskSource = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/RetireRiskSource',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.RetireRiskSourceRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.RetireRiskSourceResponse.FromString,
+                _registered_method=True)
+        self.GetRiskSource = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/GetRiskSource',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.GetRiskSourceRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.GetRiskSourceResponse.FromString,
+                _registered_method=True)
+        self.ListRiskSources = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/ListRiskSources',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.ListRiskSourcesRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.ListRiskSourcesResponse.FromString,
+                _registered_method=True)
+        self.CreateLink = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/CreateLink',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.CreateLinkRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.CreateLinkResponse.FromString,
+                _registered_method=True)
+        self.UpdateLink = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/UpdateLink',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.UpdateLinkRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.UpdateLinkResponse.FromString,
+                _registered_method=True)
+        self.RetireLink = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/RetireLink',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.RetireLinkRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.RetireLinkResponse.FromString,
+                _registered_method=True)
+        self.GetLink = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/GetLink',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.GetLinkRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.GetLinkResponse.FromString,
+                _registered_method=True)
+        self.ListLinks = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/ListLinks',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.ListLinksRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.ListLinksResponse.FromString,
+                _registered_method=True)
+        self.GetHistory = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/GetHistory',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.GetHistoryRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.GetHistoryResponse.FromString,
+                _registered_method=True)
+        self.TraverseNetwork = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/TraverseNetwork',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.TraverseNetworkRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.TraverseNetworkResponse.FromString,
+                _registered_method=True)
 
 
 class AssetRegistryServicer:
-    """Reads of the census, scoped by the caller's region.
+    """The census, scoped by the caller's region: reads, and writes with the same checks as REST.
     """
 
     def GetFacility(self, request, context):
@@ -82,6 +197,145 @@ class AssetRegistryServicer:
 
     def ListSensors(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateFacility(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateFacility(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireFacility(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSensor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSensor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireSensor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUnit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateUnit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireUnit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUnit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUnits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateRiskSource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRiskSource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireRiskSource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRiskSource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRiskSources(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateLink(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateLink(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireLink(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLink(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLinks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TraverseNetwork(self, request, context):
+        """Facilities upstream or downstream of one, breadth first (loops allowed in the network).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -109,6 +363,121 @@ def add_AssetRegistryServicer_to_server(servicer, server):
                     request_deserializer=lifeline_dot_v1_dot_assets__pb2.ListSensorsRequest.FromString,
                     response_serializer=lifeline_dot_v1_dot_assets__pb2.ListSensorsResponse.SerializeToString,
             ),
+            'CreateFacility': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateFacility,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.CreateFacilityRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.CreateFacilityResponse.SerializeToString,
+            ),
+            'UpdateFacility': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateFacility,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.UpdateFacilityRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.UpdateFacilityResponse.SerializeToString,
+            ),
+            'RetireFacility': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireFacility,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.RetireFacilityRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.RetireFacilityResponse.SerializeToString,
+            ),
+            'CreateSensor': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSensor,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.CreateSensorRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.CreateSensorResponse.SerializeToString,
+            ),
+            'UpdateSensor': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSensor,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.UpdateSensorRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.UpdateSensorResponse.SerializeToString,
+            ),
+            'RetireSensor': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireSensor,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.RetireSensorRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.RetireSensorResponse.SerializeToString,
+            ),
+            'CreateUnit': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUnit,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.CreateUnitRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.CreateUnitResponse.SerializeToString,
+            ),
+            'UpdateUnit': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateUnit,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.UpdateUnitRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.UpdateUnitResponse.SerializeToString,
+            ),
+            'RetireUnit': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireUnit,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.RetireUnitRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.RetireUnitResponse.SerializeToString,
+            ),
+            'GetUnit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUnit,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.GetUnitRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.GetUnitResponse.SerializeToString,
+            ),
+            'ListUnits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnits,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.ListUnitsRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.ListUnitsResponse.SerializeToString,
+            ),
+            'CreateRiskSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRiskSource,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.CreateRiskSourceRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.CreateRiskSourceResponse.SerializeToString,
+            ),
+            'UpdateRiskSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRiskSource,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.UpdateRiskSourceRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.UpdateRiskSourceResponse.SerializeToString,
+            ),
+            'RetireRiskSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireRiskSource,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.RetireRiskSourceRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.RetireRiskSourceResponse.SerializeToString,
+            ),
+            'GetRiskSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRiskSource,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.GetRiskSourceRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.GetRiskSourceResponse.SerializeToString,
+            ),
+            'ListRiskSources': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRiskSources,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.ListRiskSourcesRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.ListRiskSourcesResponse.SerializeToString,
+            ),
+            'CreateLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateLink,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.CreateLinkRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.CreateLinkResponse.SerializeToString,
+            ),
+            'UpdateLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateLink,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.UpdateLinkRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.UpdateLinkResponse.SerializeToString,
+            ),
+            'RetireLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireLink,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.RetireLinkRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.RetireLinkResponse.SerializeToString,
+            ),
+            'GetLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLink,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.GetLinkRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.GetLinkResponse.SerializeToString,
+            ),
+            'ListLinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLinks,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.ListLinksRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.ListLinksResponse.SerializeToString,
+            ),
+            'GetHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistory,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.GetHistoryRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.GetHistoryResponse.SerializeToString,
+            ),
+            'TraverseNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.TraverseNetwork,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.TraverseNetworkRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.TraverseNetworkResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'lifeline.v1.AssetRegistry', rpc_method_handlers)
@@ -118,7 +487,7 @@ def add_AssetRegistryServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AssetRegistry:
-    """Reads of the census, scoped by the caller's region.
+    """The census, scoped by the caller's region: reads, and writes with the same checks as REST.
     """
 
     @staticmethod
@@ -219,6 +588,627 @@ class AssetRegistry:
             '/lifeline.v1.AssetRegistry/ListSensors',
             lifeline_dot_v1_dot_assets__pb2.ListSensorsRequest.SerializeToString,
             lifeline_dot_v1_dot_assets__pb2.ListSensorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateFacility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/CreateFacility',
+            lifeline_dot_v1_dot_assets__pb2.CreateFacilityRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.CreateFacilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateFacility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/UpdateFacility',
+            lifeline_dot_v1_dot_assets__pb2.UpdateFacilityRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.UpdateFacilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireFacility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/RetireFacility',
+            lifeline_dot_v1_dot_assets__pb2.RetireFacilityRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.RetireFacilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSensor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/CreateSensor',
+            lifeline_dot_v1_dot_assets__pb2.CreateSensorRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.CreateSensorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSensor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/UpdateSensor',
+            lifeline_dot_v1_dot_assets__pb2.UpdateSensorRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.UpdateSensorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireSensor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/RetireSensor',
+            lifeline_dot_v1_dot_assets__pb2.RetireSensorRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.RetireSensorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUnit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/CreateUnit',
+            lifeline_dot_v1_dot_assets__pb2.CreateUnitRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.CreateUnitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateUnit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/UpdateUnit',
+            lifeline_dot_v1_dot_assets__pb2.UpdateUnitRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.UpdateUnitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireUnit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/RetireUnit',
+            lifeline_dot_v1_dot_assets__pb2.RetireUnitRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.RetireUnitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUnit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/GetUnit',
+            lifeline_dot_v1_dot_assets__pb2.GetUnitRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.GetUnitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/ListUnits',
+            lifeline_dot_v1_dot_assets__pb2.ListUnitsRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.ListUnitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRiskSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/CreateRiskSource',
+            lifeline_dot_v1_dot_assets__pb2.CreateRiskSourceRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.CreateRiskSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRiskSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/UpdateRiskSource',
+            lifeline_dot_v1_dot_assets__pb2.UpdateRiskSourceRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.UpdateRiskSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireRiskSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/RetireRiskSource',
+            lifeline_dot_v1_dot_assets__pb2.RetireRiskSourceRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.RetireRiskSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRiskSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/GetRiskSource',
+            lifeline_dot_v1_dot_assets__pb2.GetRiskSourceRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.GetRiskSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRiskSources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/ListRiskSources',
+            lifeline_dot_v1_dot_assets__pb2.ListRiskSourcesRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.ListRiskSourcesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/CreateLink',
+            lifeline_dot_v1_dot_assets__pb2.CreateLinkRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.CreateLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/UpdateLink',
+            lifeline_dot_v1_dot_assets__pb2.UpdateLinkRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.UpdateLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/RetireLink',
+            lifeline_dot_v1_dot_assets__pb2.RetireLinkRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.RetireLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/GetLink',
+            lifeline_dot_v1_dot_assets__pb2.GetLinkRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.GetLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/ListLinks',
+            lifeline_dot_v1_dot_assets__pb2.ListLinksRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.ListLinksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/GetHistory',
+            lifeline_dot_v1_dot_assets__pb2.GetHistoryRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.GetHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TraverseNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/TraverseNetwork',
+            lifeline_dot_v1_dot_assets__pb2.TraverseNetworkRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.TraverseNetworkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Integer, String
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String, Text, text
 from sqlmodel import Field, SQLModel
 
 
@@ -50,6 +50,50 @@ class UnitRow(SQLModel, table=True):
     doc: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
 
 
+class RiskRow(SQLModel, table=True):
+    __tablename__ = "risk_sources"
+
+    id: str = Field(sa_column=Column(String(64), primary_key=True))
+    name: str = Field(sa_column=Column(String(200), nullable=False))
+    hazard: str = Field(sa_column=Column(String(32), nullable=False))
+    grade: str = Field(sa_column=Column(String(3), nullable=False))
+    # ",code,code," so that "risks of facility X" is one LIKE on an indexed table, without a join table.
+    facility_codes: str = Field(sa_column=Column(Text, nullable=False))
+    region: str = Field(sa_column=Column(String(6), nullable=False, index=True))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    doc: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class LinkRow(SQLModel, table=True):
+    """A directed edge of the network, upstream (from) → downstream (to)."""
+
+    __tablename__ = "links"
+    __table_args__ = (
+        # At most one active link of a kind between two facilities; retired ones stay for the history.
+        Index(
+            "uq_links_active",
+            "from_code",
+            "to_code",
+            "kind",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+    id: str = Field(sa_column=Column(String(64), primary_key=True))
+    from_code: str = Field(sa_column=Column(String(16), nullable=False, index=True))
+    to_code: str = Field(sa_column=Column(String(16), nullable=False, index=True))
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    region: str = Field(sa_column=Column(String(6), nullable=False, index=True))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    updated_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    doc: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
 class HistoryRow(SQLModel, table=True):
     """One version of one entity: who changed it, when, why, and its state before and after."""
 
@@ -69,6 +113,8 @@ class HistoryRow(SQLModel, table=True):
 facilities_table = FacilityRow.__table__  # type: ignore[attr-defined]
 sensors_table = SensorRow.__table__  # type: ignore[attr-defined]
 units_table = UnitRow.__table__  # type: ignore[attr-defined]
+risks_table = RiskRow.__table__  # type: ignore[attr-defined]
+links_table = LinkRow.__table__  # type: ignore[attr-defined]
 history_table = HistoryRow.__table__  # type: ignore[attr-defined]
 
 # Entity name (as in subjects, message ids and history) → its table and key column.
@@ -76,4 +122,6 @@ TABLES: dict[str, tuple[Any, str]] = {
     "facility": (facilities_table, "code"),
     "sensor": (sensors_table, "sensor_id"),
     "unit": (units_table, "id"),
+    "risk": (risks_table, "id"),
+    "link": (links_table, "id"),
 }

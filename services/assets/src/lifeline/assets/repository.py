@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .models import TABLES, history_table, sensors_table
+from .models import TABLES, history_table, links_table
 
 
 async def get(*, session: AsyncSession, entity: str, key: str) -> Row[Any] | None:
@@ -40,17 +41,24 @@ async def list_current(
     session: AsyncSession,
     entity: str,
     region_prefixes: list[str],
-    equals: dict[str, Any],
+    equals: dict[str | tuple[str, ...], Any],
+    contains: dict[str, str],
     text: str | None,
     text_columns: tuple[str, ...],
     after: str | None,
     limit: int,
 ) -> list[Row[Any]]:
-    """A page of entities by key: inside every region prefix, with these column values and text."""
+    """A page of entities by key: inside every region prefix, with these column values and text.
+
+    An `equals` key that is a tuple of columns matches a value in any of them; a `contains` column holds
+    a ",a,b," list and matches when the item is one of its members.
+    """
     table, key_col = TABLES[entity]
     c = table.c
     conds: list[Any] = [c.region.like(f"{p}%") for p in region_prefixes if p]
-    conds += [c[col] == value for col, value in equals.items()]
+    for cols, value in equals.items():
+        conds.append(or_(*(c[col] == value for col in cols)) if isinstance(cols, tuple) else c[cols] == value)
+    conds += [c[col].like(f"%,{item},%") for col, item in contains.items()]
     if text:
         pattern = f"%{text.lower()}%"
         conds.append(or_(*(func.lower(c[col]).like(pattern) for col in text_columns)))
@@ -60,10 +68,11 @@ async def list_current(
     return list((await (await session.connection()).execute(stmt)).all())
 
 
-async def count_active_sensors(*, session: AsyncSession, facility_code: str) -> int:
-    """Sensors still active on a facility."""
-    c = sensors_table.c
-    stmt = select(func.count()).where(c.facility_code == facility_code, c.status == "active")
+async def count_active(*, session: AsyncSession, entity: str, columns: tuple[str, ...], value: str) -> int:
+    """Active entities with `value` in any of `columns` (sensors on a facility, links touching it)."""
+    table, _ = TABLES[entity]
+    c = table.c
+    stmt = select(func.count()).where(or_(*(c[col] == value for col in columns)), c.status == "active")
     return int((await (await session.connection()).execute(stmt)).scalar_one())
 
 
@@ -89,3 +98,27 @@ async def version_at(*, session: AsyncSession, entity: str, key: str, at_ms: int
         .limit(1)
     )
     return (await (await session.connection()).execute(stmt)).first()
+
+
+async def active_link(
+    *, session: AsyncSession, from_code: str, to_code: str, kind: str, other_than: str | None
+) -> str | None:
+    """The id of the active link of `kind` from → to, other than `other_than`, if there is one."""
+    c = links_table.c
+    stmt = select(c.id).where(
+        c.from_code == from_code, c.to_code == to_code, c.kind == kind, c.status == "active", c.id != (other_than or "")
+    )
+    return (await (await session.connection()).execute(stmt)).scalar_one_or_none()
+
+
+async def active_links_from(
+    *, session: AsyncSession, codes: list[str], downstream: bool, kinds: Sequence[str] | None
+) -> list[Row[Any]]:
+    """Active links leaving `codes` downstream (from_code in codes) or upstream (to_code in codes)."""
+    c = links_table.c
+    near, _ = (c.from_code, c.to_code) if downstream else (c.to_code, c.from_code)
+    conds: list[Any] = [near.in_(codes), c.status == "active"]
+    if kinds:
+        conds.append(c.kind.in_(kinds))
+    stmt = select(c.id, c.from_code, c.to_code, c.kind).where(*conds).order_by(c.id)
+    return list((await (await session.connection()).execute(stmt)).all())
