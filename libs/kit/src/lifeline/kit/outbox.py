@@ -42,6 +42,7 @@ __all__ = [
     "create_outbox_table",
     "drop_outbox_table",
     "enqueue",
+    "enqueue_many",
     "outbox_metadata",
     "outbox_table",
 ]
@@ -144,6 +145,25 @@ def enqueue(
     headers: Mapping[str, str] | None = None,
 ) -> str:
     """Add an event to the outbox in the caller's transaction (no commit) and return its event id."""
+    values = _event_values(subject, payload, event_id, headers, datetime.now(UTC))
+    session.add(OutboxEvent(**values))
+    session.info[OUTBOX_PENDING_KEY] = True
+    return str(values["id"])
+
+
+async def enqueue_many(session: AsyncSession, events: Sequence[tuple[str, bytes | Message, str | None]]) -> None:
+    """``enqueue`` for many ``(subject, payload, event_id)`` at once: one multi-row insert (bulk writes)."""
+    if not events:
+        return
+    now = datetime.now(UTC)
+    rows = [_event_values(subject, payload, event_id, None, now) for subject, payload, event_id in events]
+    await (await session.connection()).execute(sa.insert(outbox_table), rows)
+    session.info[OUTBOX_PENDING_KEY] = True
+
+
+def _event_values(
+    subject: str, payload: bytes | Message, event_id: str | None, headers: Mapping[str, str] | None, now: datetime
+) -> dict[str, Any]:
     if not _SUBJECT_RE.match(subject):
         raise ValueError(f"not a publishable NATS subject: {subject!r}")
     data = payload.SerializeToString() if isinstance(payload, Message) else bytes(payload)
@@ -153,18 +173,7 @@ def enqueue(
     carrier: dict[str, str] = dict(headers or {})
     # W3C traceparent/tracestate of the current span, so the consumer continues this trace.
     inject(carrier)
-    session.add(
-        OutboxEvent(
-            id=event_id,
-            subject=subject,
-            payload=data,
-            headers=carrier,
-            created_at=datetime.now(UTC),
-            attempts=0,
-        )
-    )
-    session.info[OUTBOX_PENDING_KEY] = True
-    return event_id
+    return {"id": event_id, "subject": subject, "payload": data, "headers": carrier, "created_at": now, "attempts": 0}
 
 
 @dataclass(frozen=True, slots=True)

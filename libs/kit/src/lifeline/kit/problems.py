@@ -37,6 +37,7 @@ __all__ = [
     "problem_from_proto",
     "problem_response",
     "problem_to_proto",
+    "validation_field_errors",
 ]
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
@@ -227,18 +228,23 @@ def _field_path(loc: Sequence[Any]) -> str:
     return path
 
 
-def _validation_problem(exc: RequestValidationError) -> ProblemError:
-    errors: list[FieldError] = []
-    for err in exc.errors():
+def validation_field_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "") -> list[FieldError]:
+    """Pydantic error dicts as FieldErrors (localizable where a ``validation.<type>`` key exists)."""
+    out: list[FieldError] = []
+    for err in errors:
         code = str(err.get("type", "invalid"))
         key = f"validation.{code}"
+        path = _field_path([prefix, *err.get("loc", ())] if prefix else err.get("loc", ()))
         if has(key):
             ctx = err.get("ctx") or {}
-            errors.append(
-                FieldError(_field_path(err.get("loc", ())), code, key, {k: str(v) for k, v in ctx.items()})
-            )
+            out.append(FieldError(path, code, key, {k: str(v) for k, v in ctx.items()}))
         else:
-            errors.append(FieldError(_field_path(err.get("loc", ())), code, str(err.get("msg", ""))))
+            out.append(FieldError(path, code, str(err.get("msg", ""))))
+    return out
+
+
+def _validation_problem(exc: RequestValidationError) -> ProblemError:
+    errors = validation_field_errors(exc.errors())
     return ProblemError(
         422, detail="problem.validation_failed.detail", errors=errors, params={"count": len(errors)}
     )

@@ -14,6 +14,7 @@ from lifeline.kit.http import create_http_app
 from lifeline.kit.runtime import Service
 from lifeline.v1 import assets_pb2_grpc
 
+from .bulk.endpoints import router as bulk_router
 from .coverage.endpoints import router as coverage_router
 from .coverage.service import coverage_service
 from .endpoints import router
@@ -41,6 +42,7 @@ class AssetsApp(Service):
     def create_app(self) -> FastAPI:
         app = create_http_app(title="Lifeline assets", version="0.1.0")
         app.include_router(router)
+        app.include_router(bulk_router)
         app.include_router(coverage_router)
         app.state.assets = self.service
         app.state.coverage = self.coverage
