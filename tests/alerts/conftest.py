@@ -11,8 +11,13 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from lifeline.alerts.app import AlertsApp
+from lifeline.alerts.app import MIGRATIONS, AlertsApp
+from lifeline.alerts.policy import load_policy
+from lifeline.alerts.service import AlertsService
 from lifeline.alerts.settings import AlertsSettings
+from lifeline.kit.catalogue import load_quantities
+from lifeline.kit.db import Database
+from lifeline.kit.migrations import migrate
 
 from .helpers import Clock
 
@@ -33,6 +38,19 @@ async def alerts(service_runner, alerts_settings: AlertsSettings, clock: Clock) 
     app: AlertsApp = await service_runner(AlertsApp, alerts_settings)
     app.service.clock = clock
     return app
+
+
+@pytest.fixture
+async def service(database_url: str, clock: Clock) -> AsyncIterator[AlertsService]:
+    """The alerts logic on a migrated real database, without servers or consumers (fast)."""
+    await migrate(database_url, MIGRATIONS)
+    db = Database.from_url(database_url)
+    svc = AlertsService(region="340100", catalogue=load_quantities(), policy=load_policy(), db=db, clock=clock)
+    await svc.load()
+    try:
+        yield svc
+    finally:
+        await db.dispose()
 
 
 @pytest.fixture

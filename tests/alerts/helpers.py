@@ -8,9 +8,12 @@ import time
 from typing import Any
 
 import nats.errors
+from sqlalchemy import func, select
 
 from lifeline.alerts.app import AlertsApp
+from lifeline.alerts.service import AlertsService
 from lifeline.kit.auth import Principal
+from lifeline.kit.outbox import outbox_table
 from lifeline.v1 import alerts_pb2, assets_pb2, telemetry_pb2
 
 REGION = "340104"
@@ -134,3 +137,66 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not reached in time")
+
+
+def census_payloads(
+    code: str, sensors: dict[str, str], *, unit_id: str = "unit-gas-1", **sensor_extra: Any
+) -> list[tuple[str, bytes]]:
+    """Assets' change events of a gas facility and its sensors, as (entity, payload) pairs."""
+    fac = assets_pb2.Facility(
+        code=code, kind=assets_pb2.FACILITY_KIND_GAS, name="燃气管段", region=REGION, unit_id=unit_id, version=1
+    )
+    out = [
+        (
+            "facility",
+            assets_pb2.FacilityChanged(change=assets_pb2.CHANGE_KIND_CREATED, facility=fac).SerializeToString(),
+        )
+    ]
+    for sid, quantity in sensors.items():
+        s = assets_pb2.AssetSensor(
+            sensor_id=sid,
+            facility_code=code,
+            quantity=quantity,
+            region=REGION,
+            interval_s=60,
+            version=1,
+            **sensor_extra,
+        )
+        out.append(
+            ("sensor", assets_pb2.SensorChanged(change=assets_pb2.CHANGE_KIND_CREATED, sensor=s).SerializeToString())
+        )
+    return out
+
+
+def batch(readings: list[tuple[str, int, float]], quality: int = 0) -> telemetry_pb2.ReadingsAccepted:
+    return telemetry_pb2.ReadingsAccepted(
+        region="340100",
+        readings=[
+            telemetry_pb2.Reading(sensor_id=s, device_time_ms=t, value=v, quality=quality) for s, t, v in readings
+        ],
+    )
+
+
+async def raise_alert(service: AlertsService, *, value: float = 6.0, unit_id: str = "unit-gas-1") -> str:
+    """A gas facility with one CH4 sensor whose readings raise an alert; its id."""
+    code, serial = fresh_ids()
+    sid = f"CH4-{serial}"
+    await service.apply_assets(census_payloads(code, {sid: "gas.ch4"}, unit_id=unit_id))
+    t0 = 1_760_000_000_000
+    await service.evaluate([batch([(sid, t0, value), (sid, t0 + 30_000, value)])])
+    fp = f"catalogue:gas.ch4:value/{sid}"
+    alert_id = service.engine.states[fp].alert_id
+    assert alert_id is not None
+    return alert_id
+
+
+async def outbox_subjects(service: AlertsService) -> list[str]:
+    """Subjects of the events the service put in its outbox, in order."""
+    async with service.db.transaction(readonly=True) as s:
+        rows = (await (await s.connection()).execute(select(outbox_table.c.subject).order_by(outbox_table.c.seq))).all()
+    return [r.subject for r in rows]
+
+
+async def count(service: AlertsService, table: Any) -> int:
+    async with service.db.transaction(readonly=True) as s:
+        return int((await (await s.connection()).execute(select(func.count()).select_from(table))).scalar_one())

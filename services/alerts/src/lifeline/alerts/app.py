@@ -52,6 +52,7 @@ class AlertsApp(Service):
                 filter_subject=ASSETS_SUBJECT,
                 handler=AssetsHandler(self.service),
                 batch=256,
+                fetch_timeout=0.25,
             ),
             PullConsumer(
                 self.bus,
@@ -61,7 +62,7 @@ class AlertsApp(Service):
                 handler=ReadingsHandler(self.service),
                 batch=s.consumer_batch,
                 linger=s.consumer_linger_s,
-                fetch_timeout=0.5,
+                fetch_timeout=0.25,
             ),
             PullConsumer(
                 self.bus,
@@ -70,6 +71,7 @@ class AlertsApp(Service):
                 filter_subject=STATUS_SUBJECT,
                 handler=StatusHandler(self.service),
                 batch=256,
+                fetch_timeout=0.25,
             ),
             Periodic("alerts-timers", s.timer_interval_s, self.service.check_overdue),
         ]

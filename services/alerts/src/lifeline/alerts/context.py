@@ -52,25 +52,37 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def _levels(raw: Any) -> dict[Level, float | tuple[float, float]]:
-    """``{IV: 5, ...}`` (any key case; a band as [low, high] or {low, high}) → catalogue levels."""
+def _level(key: Any) -> Level | None:
+    name = str(key).upper()
+    for prefix in ("WARNING_LEVEL_", "LEVEL_"):
+        name = name.removeprefix(prefix)
+    return _LEVEL_KEYS.get(name.split("_")[0])
+
+
+def _bound(value: Any, outside: bool) -> float | tuple[float, float] | None:
+    if isinstance(value, dict):
+        if outside:
+            lo, hi = _float(value.get("low", 0.0)), _float(value.get("high", 0.0))
+            return (lo, hi) if lo is not None and hi is not None else None
+        return _float(value.get("value", 0.0))
+    if isinstance(value, list | tuple) and len(value) == 2:
+        lo, hi = _float(value[0]), _float(value[1])
+        return (lo, hi) if lo is not None and hi is not None else None
+    return _float(value)
+
+
+def _levels(raw: Any, outside: bool) -> dict[Level, float | tuple[float, float]]:
+    """Levels as assets sends them (a list of {level, value | low, high}) or as a table {IV: 5, ...}."""
+    items: list[tuple[Any, Any]] = []
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        items = [(x.get("level"), x) for x in raw if isinstance(x, dict)]
     out: dict[Level, float | tuple[float, float]] = {}
-    if not isinstance(raw, dict):
-        return out
-    for key, value in raw.items():
-        level = _LEVEL_KEYS.get(str(key).upper().removeprefix("LEVEL_"))
-        if level is None:
-            continue
-        if isinstance(value, dict) and "low" in value and "high" in value:
-            lo, hi = _float(value["low"]), _float(value["high"])
-            if lo is not None and hi is not None:
-                out[level] = (lo, hi)
-        elif isinstance(value, list | tuple) and len(value) == 2:
-            lo, hi = _float(value[0]), _float(value[1])
-            if lo is not None and hi is not None:
-                out[level] = (lo, hi)
-        elif (v := _float(value)) is not None:
-            out[level] = v
+    for key, value in items:
+        level, bound = _level(key), _bound(value, outside)
+        if level is not None and bound is not None:
+            out[level] = bound
     return out
 
 
@@ -84,7 +96,8 @@ def thresholds(raw: Any, default_quantity: str, owner: str) -> tuple[ThresholdOv
         direction = _enum_name(item.get("direction") or "above", "DIRECTION_")
         quantity = str(item.get("quantity") or default_quantity)
         try:
-            rule = ThresholdRule(direction=direction, levels=_levels(item.get("levels")))  # type: ignore[arg-type]
+            levels = _levels(item.get("levels"), direction == "outside")
+            rule = ThresholdRule(direction=direction, levels=levels)  # type: ignore[arg-type]
         except ValidationError as exc:
             log.warning("ignoring thresholds of %s: %s", owner, exc.errors()[0]["msg"])
             continue
