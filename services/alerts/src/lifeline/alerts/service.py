@@ -834,9 +834,16 @@ class AlertsService:
     ) -> dict[str, Any]:
         require_any_role(principal, WRITER_ROLES)
         now = self.clock()
-        doc = {**silence_in, "id": str(uuid.uuid4()), "created_by": principal.subject, "created_ms": now}
-        doc["starts_ms"] = doc.get("starts_ms") or now
         matchers = ("sensor_id", "facility_code", "facility_kind", "region", "quantity")
+        doc = {k: silence_in.get(k) or "" for k in matchers}
+        doc.update(
+            id=str(uuid.uuid4()),
+            starts_ms=silence_in.get("starts_ms") or now,
+            ends_ms=int(silence_in["ends_ms"]),
+            comment=silence_in.get("comment", ""),
+            created_by=principal.subject,
+            created_ms=now,
+        )
         if not any(doc.get(k) for k in matchers) or doc["ends_ms"] <= doc["starts_ms"]:
             raise _invalid("ends_ms", "alerts.bad_silence")
         self._visible(
