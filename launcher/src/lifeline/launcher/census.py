@@ -1154,7 +1154,7 @@ async def load_census(
             headers = {"Authorization": await authorization()}
             resp = await http.post(path, json=body, headers=headers)
         # 409: registered meanwhile (another loader, or a retry after a lost answer) — as good as created.
-        if resp.status_code not in (201, 409):
+        if resp.status_code not in (200, 201, 409):
             what = json.dumps(body, ensure_ascii=False)[:200]
             raise CensusLoadError(f"POST {path} {what}: HTTP {resp.status_code} {resp.text[:500]}")
 
