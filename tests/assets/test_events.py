@@ -9,6 +9,7 @@ import nats.errors
 
 from lifeline.assets.app import AssetsApp
 from lifeline.v1 import assets_pb2 as A
+from lifeline.v1 import common_pb2 as C
 
 from .helpers import facility, sensor
 
@@ -65,3 +66,55 @@ async def test_change_events_arrive_on_the_bus(client: httpx.AsyncClient, assets
     assert (s.sensor_id, s.quantity, s.unit, s.range_max, s.version) == (sensor_id, "gas.ch4", "%LEL", 100, 1)
     retired = A.SensorChanged.FromString(msgs[3].data)
     assert retired.change == A.CHANGE_KIND_RETIRED and retired.sensor.status == A.ASSET_SENSOR_STATUS_RETIRED
+
+
+async def test_risk_link_and_override_events(client: httpx.AsyncClient, assets: AssetsApp) -> None:
+    code, sensor_id = fresh_ids()
+    downstream = f"{code[:-6]}{(int(code[-6:]) + 1) % 10**6:06d}"
+    serial = code[-6:]
+    await client.post("/v1/facilities", json=facility(code))
+    await client.post("/v1/facilities", json=facility(downstream))
+    threshold = {"measure": "value", "direction": "above", "levels": {"IV": 4, "I": 40}}
+    window = {"kind": "maintenance", "start_ms": 1_800_000_000_000, "end_ms": 1_800_000_360_000, "note": "检修"}
+    await client.post("/v1/sensors", json=sensor(sensor_id, code, thresholds=[threshold], windows=[window]))
+    await client.patch(f"/v1/facilities/{code}", json={"thresholds": [{"quantity": "gas.ch4", **threshold}]})
+    r = await client.post("/v1/links", json={"id": f"L-{serial}", "from_code": code, "to_code": downstream})
+    assert r.status_code == 201, r.text
+    risk = {
+        "id": f"R-{serial}",
+        "name": "管道占压",
+        "hazard": "gas_leak",
+        "grade": "III",
+        "geometry": {"type": "Point", "coordinates": [117.2, 31.82]},
+        "facility_codes": [code],
+        "rectification": {"status": "overdue", "owner": "燃气集团", "deadline_ms": 1_700_000_000_000},
+    }
+    assert (await client.post("/v1/risks", json=risk)).status_code == 201
+
+    msgs = await fetch_events(assets, "events.assets.>", 6)
+    assert [(m.subject, m.header.get("Nats-Msg-Id")) for m in msgs][3:] == [
+        ("events.assets.facility.340104", f"facility:{code}:2"),
+        ("events.assets.link.340104", f"link:L-{serial}:1"),
+        ("events.assets.risk.340104", f"risk:R-{serial}:1"),
+    ]
+    s = A.SensorChanged.FromString(msgs[2].data).sensor
+    assert [(x.measure, x.direction, [(lv.level, lv.value) for lv in x.levels]) for x in s.thresholds] == [
+        ("value", "above", [(C.WARNING_LEVEL_IV_BLUE, 4), (C.WARNING_LEVEL_I_RED, 40)])
+    ]
+    assert [(w.kind, w.start_ms, w.end_ms, w.note) for w in s.windows] == [("maintenance", *list(window.values())[1:])]
+    f = A.FacilityChanged.FromString(msgs[3].data).facility
+    assert [x.quantity for x in f.thresholds] == ["gas.ch4"]
+    link = A.LinkChanged.FromString(msgs[4].data)
+    assert (link.change, link.link.from_code, link.link.to_code, link.link.kind) == (
+        A.CHANGE_KIND_CREATED,
+        code,
+        downstream,
+        A.LINK_KIND_FLOW,
+    )
+    changed = A.RiskSourceChanged.FromString(msgs[5].data)
+    assert (changed.risk.grade, list(changed.risk.facility_codes), changed.risk.rectification.status) == (
+        C.WARNING_LEVEL_III_YELLOW,
+        [code],
+        "overdue",
+    )
+    assert changed.risk.geometry.type == A.GEOMETRY_TYPE_POINT and changed.actor
