@@ -17,7 +17,7 @@ from lifeline.v1 import alerts_pb2_grpc
 
 from .consumers import ASSETS_SUBJECT, READINGS_SUBJECT, STATUS_SUBJECT, AssetsHandler, ReadingsHandler, StatusHandler
 from .endpoints import router
-from .grpc import AlertServiceServicer
+from .notify.wiring import NotifyParts
 from .policy import load_policy
 from .service import AlertsService
 from .settings import AlertsSettings
@@ -75,12 +75,16 @@ class AlertsApp(Service):
             ),
             Periodic("alerts-timers", s.timer_interval_s, self.service.check_overdue),
         ]
+        # Notifications: webhook deliveries, their worker, and the live feed of Watch and SSE.
+        self.notify = NotifyParts(db=self.db, bus=self.bus, region=region)
+        self.background += self.notify.background()
 
     def create_app(self) -> FastAPI:
         app = create_http_app(title="Lifeline alerts", version="0.1.0")
+        self.notify.install(app)
         app.include_router(router)
         app.state.alerts = self.service
         return app
 
     def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
-        return ((alerts_pb2_grpc.add_AlertServiceServicer_to_server, AlertServiceServicer(self.service)),)
+        return ((alerts_pb2_grpc.add_AlertServiceServicer_to_server, self.notify.servicer(self.service)),)

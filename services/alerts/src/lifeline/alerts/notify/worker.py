@@ -1,0 +1,53 @@
+"""The delivery worker: sends due webhook deliveries, woken as soon as some are recorded or freed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+
+from .service import Notifications
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryWorker:
+    """Loops over ``Notifications.deliver_due``; sleeps up to the poll interval when nothing is due."""
+
+    def __init__(self, notifications: Notifications) -> None:
+        self.notifications = notifications
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        notifications.on_due = self._wake.set
+
+    def start(self) -> asyncio.Task[None]:
+        """Start sending."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="alerts-webhooks")
+        return self._task
+
+    async def _run(self) -> None:
+        settings = self.notifications.settings
+        # Receivers are third parties: no redirects (a signed body must not land elsewhere).
+        async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+            while not self._stop.is_set():
+                self._wake.clear()
+                try:
+                    tried = await self.notifications.deliver_due(client)
+                except Exception:
+                    log.exception("webhook delivery round failed")
+                    tried = 0
+                if tried >= settings.concurrency:
+                    continue  # more may be due
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), settings.poll_interval_s)
+
+    async def stop(self) -> None:
+        """Finish the attempts in flight and stop."""
+        self._stop.set()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
