@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from lifeline.kit import i18n
 from lifeline.kit.auth import current_principal
-from lifeline.kit.problems import FieldError, ProblemError
+from lifeline.kit.problems import FieldError, ProblemError, validation_field_errors
 from lifeline.v1 import assets_pb2 as A
 from lifeline.v1 import assets_pb2_grpc
 
@@ -73,7 +73,7 @@ def _validated(shape: type[BaseModel], data: dict[str, Any], *, partial: bool) -
     try:
         model = shape.model_validate(data)
     except ValidationError as exc:
-        errors = [FieldError(".".join(str(p) for p in e["loc"]), str(e["type"]), str(e["msg"])) for e in exc.errors()]
+        errors = validation_field_errors(exc.errors())
         raise ProblemError(
             422, detail="problem.validation_failed.detail", errors=errors, params={"count": len(errors)}
         ) from exc

@@ -342,7 +342,7 @@ class RiskFilters(Listing):
     hazard: str | None = None
     grade: Grade | None = None
     status: ActiveStatus | None = None
-    facility: str | None = Field(default=None, description="Risk sources naming this facility code")
+    facility: str | None = Field(default=None, pattern=r"^\d{16}$", description="Risk sources naming this facility")
 
 
 class LinkFilters(Listing):
