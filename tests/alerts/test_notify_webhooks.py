@@ -79,9 +79,8 @@ async def receiver() -> AsyncIterator[Receiver]:
     await r.stop()
 
 
-@pytest.fixture
-async def app(service_runner, database_url: str, monkeypatch: pytest.MonkeyPatch) -> AlertsApp:
-    # Fast retries, so "down for a while" is a second, not an hour.
+async def start_alerts(service_runner, database_url: str, monkeypatch: pytest.MonkeyPatch) -> AlertsApp:
+    """An alerts service whose webhook retries are fast, so "down for a while" is a second, not an hour."""
     for name, value in {
         "BACKOFF_INITIAL_S": "0.1",
         "BACKOFF_MAX_S": "0.4",
@@ -90,7 +89,13 @@ async def app(service_runner, database_url: str, monkeypatch: pytest.MonkeyPatch
     }.items():
         monkeypatch.setenv(f"LIFELINE_ALERTS_NOTIFY_{name}", value)
     settings = AlertsSettings(database_url=database_url, http_port=0, grpc_port=0, timer_interval_s=3600)
-    return await service_runner(AlertsApp, settings)
+    app: AlertsApp = await service_runner(AlertsApp, settings)
+    return app
+
+
+@pytest.fixture
+async def app(service_runner, database_url: str, monkeypatch: pytest.MonkeyPatch) -> AlertsApp:
+    return await start_alerts(service_runner, database_url, monkeypatch)
 
 
 @pytest.fixture
