@@ -258,7 +258,7 @@ async def test_facility_thresholds(client: httpx.AsyncClient, assets: AssetsApp)
     assert r.json()["thresholds"][1]["levels"] == {"III": [0.1, 1.5], "I": [0.05, 3]}
     for bad, field in [
         ([{**ch4, "quantity": "gas.unobtainium"}], "thresholds[0].quantity"),
-        ([ch4, ch4], "thresholds[1]"),
+        ([ch4, chlorine, ch4], "thresholds[2]"),
         ([{**chlorine, "levels": {"III": [0.1, 1.5], "I": [0.2, 1.0]}}], "thresholds[0].levels"),  # narrows
         ([{**chlorine, "levels": {"III": 1.0}}], "thresholds[0].levels"),  # outside needs a band
     ]:

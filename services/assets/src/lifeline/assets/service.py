@@ -418,20 +418,25 @@ class AssetsService:
             docs.append(dict(row.doc))
         return docs
 
-    def _checked_thresholds(self, quantity: Quantity, items: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
-        """Overrides of the catalogue's rules for `quantity`: only a measure/direction the catalogue has a rule
-        for (the alerts service evaluates nothing else), levels monotonic in the direction, at most one override
-        per rule, and value thresholds inside the quantity's physical range (canonical unit)."""
-        rules = {(r.measure.value, r.direction.value) for r in quantity.thresholds}
+    def _checked_thresholds(self, items: list[dict[str, Any]], quantity_code: str | None) -> list[dict[str, Any]]:
+        """Overrides of the catalogue's rules: only a measure/direction the catalogue has a rule for (the alerts
+        service evaluates nothing else), levels monotonic in the direction, at most one override per rule, and
+        value thresholds inside the quantity's physical range (canonical unit). A sensor's are all of its
+        `quantity_code`; a facility's each name their quantity (for every sensor of it on the facility)."""
         out: list[dict[str, Any]] = []
         for i, item in enumerate(items):
-            where = f"{field}[{i}]"
+            where = f"thresholds[{i}]"
+            code = quantity_code or item["quantity"]
+            if code not in self.catalogue:
+                raise _invalid(f"{where}.quantity", "assets.unknown_quantity", quantity=code)
+            quantity = self.catalogue.get(code)
+            rules = {(r.measure.value, r.direction.value) for r in quantity.thresholds}
             measure, direction = str(item.get("measure") or "value"), str(item["direction"])
-            names = {"quantity": quantity.code, "measure": measure, "direction": direction}
+            names = {"quantity": code, "measure": measure, "direction": direction}
             if (measure, direction) not in rules:
                 available = ", ".join(sorted(f"{m}/{d}" for m, d in rules)) or "-"
                 raise _invalid(where, "assets.threshold_rule", rules=available, **names)
-            if any((o["measure"], o["direction"]) == (measure, direction) for o in out):
+            if any((o.get("quantity", code), o["measure"], o["direction"]) == (code, measure, direction) for o in out):
                 raise _invalid(where, "assets.threshold_twice", **names)
             try:
                 rule = ThresholdRule(measure=Measure(measure), direction=Direction(direction), levels=item["levels"])
@@ -442,7 +447,8 @@ class AssetsService:
             if rule.measure is Measure.VALUE:
                 for v in (x for limit in levels.values() for x in (limit if isinstance(limit, list) else [limit])):
                     self._in_range(quantity, v, f"{where}.levels", "assets.threshold_range")
-            out.append({"measure": measure, "direction": direction, "levels": levels})
+            checked = {"measure": measure, "direction": direction, "levels": levels}
+            out.append(checked if quantity_code else {"quantity": code, **checked})
         return out
 
     @staticmethod
@@ -471,22 +477,10 @@ class AssetsService:
             "attributes": data.get("attributes") or {},
             "unit_id": data.get("unit_id"),
             "status": data.get("status") or "in_service",
-            "thresholds": self._facility_thresholds(data.get("thresholds") or []),
+            "thresholds": self._checked_thresholds(data.get("thresholds") or [], None),
         }
         await self._unit_exists(session, doc["unit_id"])
         return code, doc
-
-    def _facility_thresholds(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Per-quantity overrides for every sensor of that quantity on the facility."""
-        out: list[dict[str, Any]] = []
-        for i, item in enumerate(items):
-            code = item["quantity"]
-            if code not in self.catalogue:
-                raise _invalid(f"thresholds[{i}].quantity", "assets.unknown_quantity", quantity=code)
-            same = [o for o in out if o["quantity"] == code]
-            [checked] = self._checked_thresholds(self.catalogue.get(code), [*same, item], "thresholds")[len(same) :]
-            out.append({"quantity": code, **checked})
-        return out
 
     async def _refine_facility(
         self, session: Any, before: dict[str, Any], after: dict[str, Any], changes: dict[str, Any], principal: Principal
@@ -496,7 +490,7 @@ class AssetsService:
         if "kind" in changes:
             after["kind"] = str(changes["kind"])
         if "thresholds" in changes:
-            after["thresholds"] = self._facility_thresholds(changes["thresholds"] or [])
+            after["thresholds"] = self._checked_thresholds(changes["thresholds"] or [], None)
         if changes.get("unit_id") != before.get("unit_id"):
             await self._unit_exists(session, after.get("unit_id"))
         return after
@@ -526,7 +520,7 @@ class AssetsService:
             why = "; ".join(e["msg"] for e in exc.errors())
             raise _invalid("sensor", "assets.bad_sensor", why=why) from exc
         doc["unit"] = spec.unit
-        doc["thresholds"] = self._checked_thresholds(quantity, doc.get("thresholds") or [], "thresholds")
+        doc["thresholds"] = self._checked_thresholds(doc.get("thresholds") or [], quantity.code)
         for name in ("setpoint", "baseline"):
             doc[name] = doc.get(name)
             if doc[name] is not None:
