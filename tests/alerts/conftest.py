@@ -19,7 +19,7 @@ from lifeline.kit.catalogue import load_quantities
 from lifeline.kit.db import Database
 from lifeline.kit.migrations import migrate
 
-from .helpers import Clock
+from .helpers import Clock, EventReader
 
 
 @pytest.fixture
@@ -51,6 +51,15 @@ async def service(database_url: str, clock: Clock) -> AsyncIterator[AlertsServic
         yield svc
     finally:
         await db.dispose()
+
+
+@pytest.fixture
+async def events(alerts: AlertsApp) -> AsyncIterator[EventReader]:
+    reader = EventReader(alerts)
+    try:
+        yield reader
+    finally:
+        await reader.close()
 
 
 @pytest.fixture

@@ -118,6 +118,12 @@ class EventReader:
         assert len(got) == n, f"{len(got)} of {n} alert events"
         return [(m.subject, alerts_pb2.AlertEvent.FromString(m.data)) for m in got]
 
+    async def close(self) -> None:
+        """Unsubscribe (an open pull subscription would hold up the bus's drain at shutdown)."""
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+            self.sub = None
+
     async def none(self, wait: float = 0.5) -> None:
         if self.sub is None:
             self.sub = await self.app.bus.js.pull_subscribe(

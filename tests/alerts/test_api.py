@@ -13,7 +13,9 @@ from lifeline.v1 import alerts_pb2_grpc
 from .helpers import raise_alert
 
 
-async def test_rest_list_get_and_transition(alerts: AlertsApp, client: httpx.AsyncClient) -> None:
+async def test_rest_list_get_transition_and_refusals(
+    alerts: AlertsApp, client: httpx.AsyncClient, token_factory
+) -> None:
     alert_id = await raise_alert(alerts.service)
     page = (await client.get("/api/v1/alerts", params={"level": "IV", "state": "raised", "domain": "gas"})).json()
     assert [a["id"] for a in page["alerts"]] == [alert_id]
@@ -23,10 +25,11 @@ async def test_rest_list_get_and_transition(alerts: AlertsApp, client: httpx.Asy
     detail = (await client.get(f"/api/v1/alerts/{alert_id}")).json()
     assert [h["kind"] for h in detail["history"]] == ["raised", "transitioned"]
     assert detail["history"][1]["comment"] == "研判中"
+    await _problems_in_chinese_and_english(client, await raise_alert(alerts.service))
+    await _viewers_read_and_cannot_act(alerts, token_factory, alert_id)
 
 
-async def test_rest_problems_in_chinese_and_english(alerts: AlertsApp, client: httpx.AsyncClient) -> None:
-    alert_id = await raise_alert(alerts.service)
+async def _problems_in_chinese_and_english(client: httpx.AsyncClient, alert_id: str) -> None:
     r = await client.post(f"/api/v1/alerts/{alert_id}/transitions", json={"to_state": "closed"})
     assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json")
     assert "不能转为" in r.json()["detail"]
@@ -42,15 +45,14 @@ async def test_rest_problems_in_chinese_and_english(alerts: AlertsApp, client: h
     assert detail["state"] == "raised" and len(detail["history"]) == 1  # refusals changed nothing
 
 
-async def test_viewers_read_and_cannot_act(alerts: AlertsApp, token_factory) -> None:
-    alert_id = await raise_alert(alerts.service)
+async def _viewers_read_and_cannot_act(alerts: AlertsApp, token_factory, alert_id: str) -> None:
     assert alerts.http is not None
     for client_id, can_see in (("viewer-340000", True), ("viewer-340200", False), ("partner-340100", True)):
         token = await token_factory(client_id)
         async with httpx.AsyncClient(base_url=alerts.http.url, headers={"Authorization": f"Bearer {token}"}) as c:
             page = (await c.get("/api/v1/alerts")).json()
             assert (alert_id in [a["id"] for a in page["alerts"]]) is can_see
-            r = await c.post(f"/api/v1/alerts/{alert_id}/transitions", json={"to_state": "verifying"})
+            r = await c.post(f"/api/v1/alerts/{alert_id}/transitions", json={"to_state": "confirmed"})
             assert r.status_code == 403
 
 

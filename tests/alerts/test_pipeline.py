@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from lifeline.alerts.app import AlertsApp
 from lifeline.v1 import alerts_pb2 as P
-from lifeline.v1 import common_pb2
+from lifeline.v1 import common_pb2, telemetry_pb2
 
 from .helpers import OPERATOR, EventReader, fresh_ids, publish_census, publish_readings
 
 S = 1000
 
 
-async def test_a_reading_raises_escalates_and_clears_one_alert(alerts: AlertsApp) -> None:
+async def test_a_reading_raises_escalates_and_clears_one_alert(alerts: AlertsApp, events: EventReader) -> None:
     code, serial = fresh_ids()
     sid = f"CH4-{serial}"
     await publish_census(alerts, code, {sid: "gas.ch4"})
-    events = EventReader(alerts)
     t0 = 1_760_000_000_000
     # gas: `for` 30 s. 6 %LEL for 30 s → IV; then 60 → I at once; then back to 0 for the clear window (120 s).
     await publish_readings(alerts, [(sid, t0, 6.0), (sid, t0 + 10 * S, 6.0)])
@@ -44,3 +43,20 @@ async def test_a_reading_raises_escalates_and_clears_one_alert(alerts: AlertsApp
     detail = await alerts.service.get_alert(alert_id=a.id, principal=OPERATOR)
     assert [h["kind"] for h in detail["history"]] == ["raised", "level_changed", "cleared"]
     assert detail["breach_count"] >= 2 and detail["peak_value"] == 61.0
+    # Ingest says the sensor went offline: the no-data rule raises its own alert, and clears when it is back.
+    offline = telemetry_pb2.SensorStatusChanged(
+        sensor_id=sid, region="340100", state=telemetry_pb2.SENSOR_STATE_OFFLINE, changed_ms=t0 + 900 * S
+    )
+    await alerts.bus.publish("events.ingest.sensor_status.340100", offline.SerializeToString(), msg_id=f"st-{serial}-1")
+    [(subject, nodata)] = await events.next()
+    assert subject == "events.alerts.raised.340104" and nodata.alert.rule_id == "no_data"
+    assert nodata.alert.fingerprint == f"no_data/{sid}" and nodata.alert.id != a.id
+    online = telemetry_pb2.SensorStatusChanged(
+        sensor_id=sid, region="340100", state=telemetry_pb2.SENSOR_STATE_ONLINE, changed_ms=t0 + 960 * S
+    )
+    await alerts.bus.publish("events.ingest.sensor_status.340100", online.SerializeToString(), msg_id=f"st-{serial}-2")
+    [(subject, back)] = await events.next()
+    assert subject == "events.alerts.cleared.340104" and back.alert.id == nodata.alert.id
+    # The same readings again (a redelivery after a crash before the ack): nothing new.
+    await publish_readings(alerts, [(sid, t0 + 30 * S, 6.5), (sid, t0 + 40 * S, 60.0)])
+    await events.none()
