@@ -21,6 +21,7 @@ from .endpoints import router
 from .grpc import AssetRegistryServicer
 from .service import AssetsService
 from .settings import AssetsSettings
+from .spatial.endpoints import router as spatial_router
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -42,6 +43,7 @@ class AssetsApp(Service):
     def create_app(self) -> FastAPI:
         app = create_http_app(title="Lifeline assets", version="0.1.0")
         app.include_router(router)
+        app.include_router(spatial_router)
         app.include_router(bulk_router)
         app.include_router(coverage_router)
         app.state.assets = self.service

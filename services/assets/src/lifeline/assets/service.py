@@ -28,6 +28,7 @@ from lifeline.kit.problems import FieldError, ProblemError
 
 from . import repository
 from .messages import change_event, positions, sensor_spec
+from .spatial.index import index_entity
 
 WRITER_ROLES = ("admin", "operator", "service")
 READER_ROLES = ("viewer", "partner", *WRITER_ROLES)
@@ -319,6 +320,7 @@ class AssetsService:
             # Two creations racing past the existence check: the primary key decides.
             code = "assets.duplicate" if before is None else "assets.conflict"
             raise ProblemError(409, detail=code, params={"entity": entity, "id": key}) from exc
+        await index_entity(session=session, entity=entity, doc=after)
         enqueue(
             session,
             subject=f"events.assets.{entity}.{after['region']}",
