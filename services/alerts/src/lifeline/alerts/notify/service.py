@@ -320,40 +320,42 @@ class Notifications:
 
     async def record(self, events: Sequence[tuple[str, alerts_pb2.AlertEvent]]) -> int:
         """One delivery per (event, matching subscription) in one transaction; a repeated event adds nothing."""
-        now = self.clock()
-        async with self.db.transaction() as session:
+        # Matching reads only (no SQLite write lock): most batches match no subscription at all.
+        async with self.db.transaction(readonly=True) as session:
             hooks = [dict(r._mapping) for r in await repository.list_webhooks(session=session, enabled_only=True)]
-            if not hooks:
-                return 0
-            done = await repository.recorded_events(session=session, event_ids=[eid for eid, _ in events])
-            rows = []
-            for event_id, event in events:
-                body = None
-                for hook in hooks:
-                    if (hook["id"], event_id) in done or not matches(hook, event):
-                        continue
-                    done.add((hook["id"], event_id))
-                    body = body or event_body(event_id, event)
-                    rows.append(
-                        {
-                            "id": str(uuid.uuid4()),
-                            "webhook_id": hook["id"],
-                            "event_id": event_id,
-                            "alert_id": event.alert.id,
-                            "alert_seq": event.entry.seq,
-                            "kind": body["kind"],
-                            "body": body,
-                            "status": "pending",
-                            "attempts": 0,
-                            "total_attempts": 0,
-                            "created_ms": now,
-                            "scheduled_ms": now,
-                            "next_attempt_ms": now,
-                            "delivered_ms": None,
-                            "last_status_code": None,
-                            "last_error": None,
-                        }
-                    )
+        wanted = [(hook["id"], eid, event) for eid, event in events for hook in hooks if matches(hook, event)]
+        if not wanted:
+            return 0
+        now = self.clock()
+        bodies: dict[str, dict[str, Any]] = {}
+        rows = []
+        async with self.db.transaction() as session:
+            done = await repository.recorded_events(session=session, event_ids=[eid for _, eid, _ in wanted])
+            for hook_id, event_id, event in wanted:
+                if (hook_id, event_id) in done:
+                    continue
+                done.add((hook_id, event_id))
+                body = bodies.setdefault(event_id, event_body(event_id, event))
+                rows.append(
+                    {
+                        "id": str(uuid.uuid4()),
+                        "webhook_id": hook_id,
+                        "event_id": event_id,
+                        "alert_id": event.alert.id,
+                        "alert_seq": event.entry.seq,
+                        "kind": body["kind"],
+                        "body": body,
+                        "status": "pending",
+                        "attempts": 0,
+                        "total_attempts": 0,
+                        "created_ms": now,
+                        "scheduled_ms": now,
+                        "next_attempt_ms": now,
+                        "delivered_ms": None,
+                        "last_status_code": None,
+                        "last_error": None,
+                    }
+                )
             await repository.insert_deliveries(session=session, rows=rows)
         if rows:
             self.on_due()
