@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import ingest
+from bench import assets, ingest
 
-BENCHMARKS = {"ingest": ingest}
+BENCHMARKS = {"ingest": ingest, "assets": assets}
 
 
 def main(argv: list[str] | None = None) -> int:

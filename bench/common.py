@@ -72,11 +72,13 @@ def fmt_num(x: float | None, unit: str = "") -> str:
         return "-"
     if unit == "MB":
         return f"{x:,.1f} MB"
+    if unit == "ms":
+        return f"{x:,.2f} ms"
     return f"{x:,.0f}"
 
 
-def render_table(title: str, rows: list[Row]) -> str:
-    header = ["scenario", "readings/s", "limit", "ratio", "goal", "met?"]
+def render_table(title: str, rows: list[Row], value_header: str = "readings/s") -> str:
+    header = ["scenario", value_header, "limit", "ratio", "goal", "met?"]
     body: list[list[str]] = []
     for r in rows:
         value = fmt_num(r.value, r.unit)

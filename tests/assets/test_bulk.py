@@ -252,3 +252,36 @@ async def test_a_large_file_streams_in(client: httpx.AsyncClient, assets: Assets
     assert (await counts(assets))["facility"] == n and await outbox_count(assets) == n
     # Streamed and written in chunks: the process does not grow by anything like the file times its objects.
     assert psutil.Process(os.getpid()).memory_info().rss - rss < 300 * 1024 * 1024
+
+
+async def test_units_risks_and_links_round_trip(client: httpx.AsyncClient, assets: AssetsApp) -> None:
+    units = 'id,name,domains,contacts\nU-GAS,合肥燃气集团,"[""gas""]","[{""name"":""张工"",""phone"":""0551-1""}]"\n'
+    r = await client.post("/v1/import/unit", content=units.encode(), headers=CSV)
+    assert r.status_code == 200 and r.json()["created"] == 1, r.text
+    unit = (await client.get("/v1/units/U-GAS")).json()
+    assert unit["region"] == "340100" and unit["domains"] == ["gas"] and unit["contacts"][0]["name"] == "张工"
+    await client.post("/v1/import/facility", content=collection(feature(code(1)), feature(code(2))), headers=GEOJSON)
+
+    links = "id,from_code,to_code,kind\n"
+    links += f"L-1,{code(1)},{code(2)},flow\nL-2,{code(1)},{code(9)},flow\n,{code(2)},{code(1)},feeds\n"
+    r = await client.post("/v1/import/link", content=links.encode(), headers=CSV)
+    assert fields_of(r) == ["lines[3].to_code", "lines[4].id"], r.text
+    r = await client.post("/v1/import/link", content="\n".join(links.splitlines()[:2]).encode(), headers=CSV)
+    assert r.status_code == 200 and r.json()["created"] == 1, r.text
+    assert (await client.get("/v1/links/L-1")).json()["region"] == "340104"
+
+    props = {"id": "R-1", "name": "燃气管道占压", "hazard": "gas_leak", "grade": "II", "facility_codes": [code(1)]}
+    point = {"type": "Point", "coordinates": [117.205, 31.825]}
+    risk = {"type": "Feature", "geometry": point, "properties": props | {"rectification": {"status": "done"}}}
+    r = await client.post("/v1/import/risk", content=collection(risk), headers=GEOJSON)
+    assert r.status_code == 200 and r.json()["created"] == 1, r.text
+    assert (await client.get("/v1/risks/R-1")).json()["region"] == "340104"
+
+    before = await state(assets)
+    for entity in ("unit", "risk", "link"):
+        for fmt, media in (("geojson", GEOJSON), ("csv", CSV)):
+            exported = await client.get(f"/v1/export/{entity}", params={"format": fmt})
+            assert exported.status_code == 200, exported.text
+            r = await client.post(f"/v1/import/{entity}", content=exported.content, headers=media)
+            assert r.status_code == 200 and r.json()["unchanged"] == r.json()["total"] == 1, (entity, fmt, r.text)
+    assert await state(assets) == before

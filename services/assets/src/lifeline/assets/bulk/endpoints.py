@@ -26,7 +26,7 @@ from .service import SHAPES, BulkService
 
 router = APIRouter(prefix="/v1", tags=["assets bulk"])
 
-Entity = Literal["facility", "sensor"]
+Entity = Literal["facility", "sensor", "unit", "risk", "link"]
 GEOJSON_TYPES = ("application/geo+json", "application/json")
 CSV_TYPES = ("text/csv", "application/csv")
 
@@ -48,7 +48,11 @@ line, `geometry` as WKT or `lon`/`lat` columns, JSON text for structured fields;
 valid import."""
 
 
-@router.post("/import/{entity}", summary="Import a file of facilities or sensors", description=IMPORT_DOC)
+@router.post(
+    "/import/{entity}",
+    summary="Import a file of facilities, sensors, units, risk sources or links",
+    description=IMPORT_DOC,
+)
 async def import_entities(
     request: Request,
     entity: Entity,
@@ -60,9 +64,10 @@ async def import_entities(
     shape = SHAPES[entity]
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media in GEOJSON_TYPES:
-        records = geojson_records(request.stream(), shape.geometry_field)
+        records = geojson_records(request.stream(), shape.geometry_field, shape.derived)
     elif media in CSV_TYPES:
-        records = csv_records(request.stream(), shape.geometry_field, structured_fields(shape.public))
+        json_fields = structured_fields(shape.public)
+        records = csv_records(request.stream(), shape.geometry_field, json_fields, shape.derived)
     else:
         raise ProblemError(415, detail="assets.bulk.media_type", params={"type": media or "-"})
     return await bulk.import_records(
@@ -75,7 +80,7 @@ async def import_entities(
     )
 
 
-@router.get("/export/{entity}", summary="Export facilities or sensors as GeoJSON or CSV")
+@router.get("/export/{entity}", summary="Export one kind of entity as GeoJSON or CSV")
 async def export_entities(
     request: Request,
     entity: Entity,
@@ -86,11 +91,20 @@ async def export_entities(
     status: str | None = None,
     facility_code: str | None = None,
     quantity: str | None = None,
+    hazard: str | None = None,
+    grade: str | None = None,
     region: RegionPrefix = None,
     q: Text = None,
 ) -> StreamingResponse:
     shape = SHAPES[entity]
-    given = {"kind": kind, "status": status, "facility_code": facility_code, "quantity": quantity}
+    given = {
+        "kind": kind,
+        "status": status,
+        "facility_code": facility_code,
+        "quantity": quantity,
+        "hazard": hazard,
+        "grade": grade,
+    }
     pages = bulk.export_pages(
         entity=entity,
         principal=principal,

@@ -27,9 +27,6 @@ from pydantic import BaseModel
 
 from lifeline.kit.problems import FieldError, ProblemError
 
-# Fields an export carries but an import derives or assigns itself.
-DERIVED = frozenset({"region", "version", "updated_ms"})
-
 
 @dataclass
 class Record:
@@ -40,11 +37,11 @@ class Record:
     errors: list[FieldError] = field(default_factory=list)
     geojson: bool = False
 
-    def path(self, name: str, geometry_field: str) -> str:
+    def path(self, name: str, geometry_field: str | None) -> str:
         """Where a field of this record is in the file, for the error report."""
         if not self.geojson:
             return f"{self.where}.{name}"
-        if name == geometry_field or name.startswith((f"{geometry_field}.", f"{geometry_field}[")):
+        if (geometry_field and name == geometry_field) or name.startswith((f"{geometry_field}.", f"{geometry_field}[")):
             return f"{self.where}.geometry{name[len(geometry_field) :]}"
         return f"{self.where}.properties.{name}"
 
@@ -56,10 +53,13 @@ def _bad_file(key: str, **params: Any) -> ProblemError:
 # --- GeoJSON -----------------------------------------------------------------------------------------
 
 
-async def geojson_records(chunks: AsyncIterator[bytes], geometry_field: str) -> AsyncIterator[Record]:
+async def geojson_records(
+    chunks: AsyncIterator[bytes], geometry_field: str | None, derived: frozenset[str]
+) -> AsyncIterator[Record]:
     """The features of a FeatureCollection as they arrive; geometry becomes ``geometry_field``.
 
-    A sensor's Point becomes its ``position`` ({lon, lat}); a facility keeps its GeoJSON geometry.
+    A sensor's Point becomes its ``position`` ({lon, lat}); a facility keeps its GeoJSON geometry; an
+    entity without a place (unit, link) has none. Properties in ``derived`` are left out.
     """
     features = ijson.sendable_list()
     top_type = ijson.sendable_list()
@@ -77,7 +77,7 @@ async def geojson_records(chunks: AsyncIterator[bytes], geometry_field: str) -> 
             if top_type and top_type[0] != "FeatureCollection":
                 raise _bad_file("assets.bulk.not_collection", type=str(top_type[0])[:40])
             for feature in features:
-                yield _feature_record(index, feature, geometry_field)
+                yield _feature_record(index, feature, geometry_field, derived)
                 index += 1
             del features[:]
         for p in parsers:
@@ -85,13 +85,13 @@ async def geojson_records(chunks: AsyncIterator[bytes], geometry_field: str) -> 
     except ijson.JSONError as exc:
         raise _bad_file("assets.bulk.bad_json", why=str(exc).splitlines()[0][:200]) from exc
     for feature in features:
-        yield _feature_record(index, feature, geometry_field)
+        yield _feature_record(index, feature, geometry_field, derived)
         index += 1
     if not top_type or top_type[0] != "FeatureCollection":
         raise _bad_file("assets.bulk.not_collection", type=str(top_type[0] if top_type else "")[:40])
 
 
-def _feature_record(index: int, feature: Any, geometry_field: str) -> Record:
+def _feature_record(index: int, feature: Any, geometry_field: str | None, derived: frozenset[str]) -> Record:
     rec = Record(where=f"features[{index}]", geojson=True)
     ok = isinstance(feature, dict) and feature.get("type") == "Feature"
     props = feature.get("properties") if ok else None
@@ -99,8 +99,8 @@ def _feature_record(index: int, feature: Any, geometry_field: str) -> Record:
     if not ok or not isinstance(props, dict | None) or not isinstance(geometry, dict | None):
         rec.errors.append(FieldError(rec.where, "malformed", "assets.bulk.not_feature"))
         return rec
-    rec.fields = {k: v for k, v in (props or {}).items() if k not in DERIVED}
-    if geometry is not None:
+    rec.fields = {k: v for k, v in (props or {}).items() if k not in derived}
+    if geometry is not None and geometry_field:
         if geometry_field == "geometry":
             rec.fields["geometry"] = geometry
         elif geometry.get("type") == "Point" and isinstance(geometry.get("coordinates"), list):
@@ -111,9 +111,9 @@ def _feature_record(index: int, feature: Any, geometry_field: str) -> Record:
     return rec
 
 
-def geojson_feature(doc: dict[str, Any], key: str, geometry_field: str) -> bytes:
+def geojson_feature(doc: dict[str, Any], key: str, geometry_field: str | None) -> bytes:
     """One entity as a GeoJSON Feature (its id the entity's key, the rest in properties)."""
-    geo = doc.get(geometry_field)
+    geo = doc.get(geometry_field) if geometry_field else None
     if geometry_field != "geometry" and geo is not None:
         geo = {"type": "Point", "coordinates": [geo["lon"], geo["lat"]]}
     props = {k: v for k, v in doc.items() if k != geometry_field}
@@ -141,7 +141,7 @@ def structured_fields(model: type[BaseModel]) -> frozenset[str]:
     return frozenset(name for name, f in model.model_fields.items() if structured(f.annotation))
 
 
-def csv_columns(model: type[BaseModel], geometry_field: str) -> list[str]:
+def csv_columns(model: type[BaseModel], geometry_field: str | None) -> list[str]:
     """The CSV header of an entity: its public fields, geometry as WKT or a position as lon, lat."""
     columns: list[str] = []
     for name in model.model_fields:
@@ -154,14 +154,14 @@ def csv_columns(model: type[BaseModel], geometry_field: str) -> list[str]:
     return columns
 
 
-def csv_line(doc: dict[str, Any], columns: list[str], geometry_field: str) -> str:
+def csv_line(doc: dict[str, Any], columns: list[str], geometry_field: str | None) -> str:
     """One entity as a CSV line of ``columns``."""
-    geo = doc.get(geometry_field)
+    geo = doc.get(geometry_field) if geometry_field else None
     cells: list[Any] = []
     for name in columns:
         if name == "geometry" and geometry_field == "geometry":
             cells.append(to_wkt(geo) if geo else "")
-        elif name in ("lon", "lat") and geometry_field != "geometry":
+        elif name in ("lon", "lat") and geometry_field not in (None, "geometry"):
             cells.append("" if geo is None else repr(float(geo[name])))
         else:
             cells.append(_cell(doc.get(name)))
@@ -183,25 +183,25 @@ def _cell(value: Any) -> str:
 
 
 async def csv_records(
-    chunks: AsyncIterator[bytes], geometry_field: str, json_fields: frozenset[str]
+    chunks: AsyncIterator[bytes], geometry_field: str | None, json_fields: frozenset[str], derived: frozenset[str]
 ) -> AsyncIterator[Record]:
     """The lines of a CSV file as records, read as the bytes arrive (the header names the fields)."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     pending = ""
-    state = _CsvState()
+    state = _CsvState(geometry_field, json_fields, derived)
     try:
         async for chunk in chunks:
             pending += decoder.decode(chunk)
             cut = _complete_lines_end(pending)
             if cut:
-                for rec in state.parse(pending[:cut], geometry_field, json_fields):
+                for rec in state.parse(pending[:cut]):
                     yield rec
                 pending = pending[cut:]
         pending += decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
         raise _bad_file("assets.bulk.not_utf8") from exc
     if pending.strip():
-        for rec in state.parse(pending, geometry_field, json_fields):
+        for rec in state.parse(pending):
             yield rec
     if state.header is None:
         raise _bad_file("assets.bulk.no_header")
@@ -219,11 +219,14 @@ def _complete_lines_end(text: str) -> int:
 
 
 class _CsvState:
-    def __init__(self) -> None:
+    def __init__(self, geometry_field: str | None, json_fields: frozenset[str], derived: frozenset[str]) -> None:
+        self.geometry_field = geometry_field
+        self.json_fields = json_fields
+        self.derived = derived
         self.header: list[str] | None = None
         self.line = 1  # physical line where the next record starts
 
-    def parse(self, text: str, geometry_field: str, json_fields: frozenset[str]) -> Iterator[Record]:
+    def parse(self, text: str) -> Iterator[Record]:
         reader = csv.reader(io.StringIO(text, newline=""))
         consumed = 0
         for cells in reader:
@@ -237,13 +240,12 @@ class _CsvState:
                 if dupes:
                     raise _bad_file("assets.bulk.duplicate_columns", columns=", ".join(dupes))
                 continue
-            yield _csv_record(start, self.header, cells, geometry_field, json_fields)
+            yield _csv_record(start, self.header, cells, self)
         self.line += consumed
 
 
-def _csv_record(
-    line: int, header: list[str], cells: list[str], geometry_field: str, json_fields: frozenset[str]
-) -> Record:
+def _csv_record(line: int, header: list[str], cells: list[str], state: _CsvState) -> Record:
+    geometry_field, json_fields = state.geometry_field, state.json_fields
     rec = Record(where=f"lines[{line}]")
     if len(cells) != len(header):
         rec.errors.append(
@@ -253,9 +255,9 @@ def _csv_record(
     lon_lat: dict[str, str] = {}
     for name, raw in zip(header, cells, strict=True):
         value = raw.strip()
-        if not value or name in DERIVED:
+        if not value or name in state.derived:
             continue
-        if name in ("lon", "lat"):
+        if name in ("lon", "lat") and geometry_field:
             lon_lat[name] = value
         elif name == "geometry" and geometry_field == "geometry":
             try:
@@ -269,7 +271,7 @@ def _csv_record(
                 rec.errors.append(FieldError(f"{rec.where}.{name}", "invalid", "assets.bulk.bad_json_cell"))
         else:
             rec.fields[name] = value
-    if lon_lat:
+    if lon_lat and geometry_field:
         try:
             lon, lat = float(lon_lat.get("lon", "")), float(lon_lat.get("lat", ""))
         except ValueError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -25,8 +25,22 @@ from lifeline.kit.problems import FieldError, ProblemError, validation_field_err
 
 from .. import service as assets_service
 from ..messages import change_event
-from ..schemas import FacilityCreate, FacilityPublic, FacilityStatus, SensorCreate, SensorPublic
+from ..schemas import (
+    ActiveStatus,
+    FacilityCreate,
+    FacilityPublic,
+    FacilityStatus,
+    LinkCreate,
+    LinkPublic,
+    RiskCreate,
+    RiskPublic,
+    SensorCreate,
+    SensorPublic,
+    UnitCreate,
+    UnitPublic,
+)
 from ..service import MAX_PAGE, WRITER_ROLES, AssetsService, _invalid, now_ms
+from ..spatial.index import index_entities
 from . import repository
 from .formats import Record
 
@@ -77,6 +91,10 @@ i18n.register(
             "zh-CN": "{name} 不能通过导入修改（现为 {current}）",
             "en": "{name} cannot change by import (it is {current})",
         },
+        "assets.bulk.key_required": {
+            "zh-CN": "导入的每条记录须给出 {name}（重复导入据此识别）",
+            "en": "every imported record needs its {name} (how a re-import recognises it)",
+        },
         "assets.bulk.no_retire": {
             "zh-CN": "停用须单独操作，不能通过导入",
             "en": "retiring is its own action, not part of an import",
@@ -86,12 +104,28 @@ i18n.register(
 
 
 class FacilityRecord(FacilityCreate):
-    # An export holds retired facilities too; importing one unchanged must be accepted (and do nothing).
+    # An export holds retired entities too; importing one unchanged must be accepted (and do nothing).
     status: FacilityStatus = "in_service"
 
 
 class SensorRecord(SensorCreate):
-    status: Literal["active", "retired"] = "active"
+    status: ActiveStatus = "active"
+
+
+class UnitRecord(UnitCreate):
+    status: ActiveStatus = "active"
+
+
+class RiskRecord(RiskCreate):
+    status: ActiveStatus = "active"
+
+
+class LinkRecord(LinkCreate):
+    status: ActiveStatus = "active"
+
+
+_ASSIGNED = frozenset({"version", "updated_ms"})
+_AND_REGION = _ASSIGNED | {"region"}
 
 
 @dataclass(frozen=True)
@@ -102,9 +136,10 @@ class Shape:
     key: str
     record: type[BaseModel]
     public: type[BaseModel]
-    geometry_field: str  # the GeoJSON geometry of a feature: a facility's geometry, a sensor's position
+    geometry_field: str | None  # what a feature's geometry is: a facility's geometry, a sensor's position
     filters: tuple[str, ...]  # list filters an export accepts besides region and text
-    refers: str  # the field a refusal without a field is about: the entity itself, or a sensor's facility
+    refers: str  # the field a refusal without a field is about: the entity itself, or what it names
+    derived: frozenset[str] = _AND_REGION  # exported, but set by the service on import
     immutable: tuple[str, ...] = ()
 
 
@@ -120,6 +155,21 @@ SHAPES = {
         "facility_code",
         immutable=("facility_code", "quantity"),
     ),
+    "unit": Shape(
+        "unit", "id", UnitRecord, UnitPublic, None, ("status",), "id", derived=_ASSIGNED, immutable=("region",)
+    ),
+    "risk": Shape(
+        "risk",
+        "id",
+        RiskRecord,
+        RiskPublic,
+        "geometry",
+        ("hazard", "grade", "status"),
+        "facility_codes",
+        derived=_ASSIGNED,
+        immutable=("region",),
+    ),
+    "link": Shape("link", "id", LinkRecord, LinkPublic, None, ("kind", "status"), "from_code"),
 }
 _VOLATILE = ("version", "updated_ms")
 
@@ -239,6 +289,8 @@ class BulkService:
 
         New entities are made and changed ones refined by the very functions single writes use."""
         shape, principal, source = run.shape, run.principal, run.source
+        if shape.key not in rec.fields:  # a generated key would make the same file import twice
+            raise _invalid(shape.key, "assets.bulk.key_required", name=shape.key)
         model = shape.record.model_validate(rec.fields)
         data = model.model_dump(mode="json")
         given = model.model_dump(mode="json", exclude={"reason"}, exclude_unset=True)
@@ -370,4 +422,5 @@ async def record_batch(
     await repository.insert_current_many(session=session, entity=entity, rows=created)
     await repository.update_current_many(session=session, entity=entity, rows=updated)
     await repository.insert_history_many(session=session, rows=history)
+    await index_entities(session=session, entity=entity, docs=[after for _, _, after in changes])
     await enqueue_many(session, events)
