@@ -288,6 +288,20 @@ async def test_dead_after_max_attempts_then_redelivered(
     assert r.status_code == 404
 
 
+async def test_dead_after_max_age(app: AlertsApp, client: httpx.AsyncClient, receiver: Receiver) -> None:
+    app.notify.settings.max_age_s = 0.5
+    hook = await create_hook(client, receiver.url)
+    (event_id,) = await publish(app, [("raised", 1, alert_doc(fresh(1)[0]))])
+
+    async def dead() -> bool:
+        return len(await deliveries(client, hook["id"], status="dead")) == 1
+
+    await wait_until(dead, timeout=10)
+    (d,) = await deliveries(client, hook["id"])
+    assert d["event_id"] == event_id and 1 < d["attempts"] < app.notify.settings.max_attempts
+    assert d["attempt_log"][-1]["outcome"] == "dead" and "Connect" in d["last_error"]
+
+
 async def test_disabled_or_unmatched_subscriptions_get_nothing(
     app: AlertsApp, client: httpx.AsyncClient, receiver: Receiver
 ) -> None:

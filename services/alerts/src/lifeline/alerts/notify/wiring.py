@@ -24,7 +24,9 @@ class NotifyParts:
         self.notifications = Notifications(db=db, settings=self.settings, region=region)
         self.feed = LiveFeed(bus, self.settings)
         self.worker = DeliveryWorker(self.notifications)
-        # Durable and shared by replicas: each event becomes its deliveries exactly once.
+        # Durable and shared by replicas: each event becomes its deliveries exactly once. One batch in
+        # flight across all replicas (max_ack_pending = batch), so deliveries are recorded in stream order
+        # and a later event of an alert never gets recorded, and sent, before an earlier one.
         self.consumer = PullConsumer(
             bus,
             stream="EVENTS",
@@ -32,6 +34,7 @@ class NotifyParts:
             filter_subject=EVENTS_SUBJECT,
             handler=DeliveriesHandler(self.notifications),
             batch=256,
+            max_ack_pending=256,
         )
 
     def background(self) -> list[Background]:
