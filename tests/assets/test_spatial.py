@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from sqlalchemy import text
 
 from lifeline.assets.app import AssetsApp
 from lifeline.assets.spatial import geo
+from lifeline.v1 import assets_pb2 as pb
+from lifeline.v1 import assets_pb2_grpc
 
 C = (117.25, 31.85)
 M_PER_DEG_LAT = math.pi * geo.EARTH_RADIUS_M / 180
@@ -313,3 +316,49 @@ def test_geo_measures() -> None:
     assert crossing == 0.0
     assert geo.intersects_box(line((-100, 0), (100, 0)), (*at(-10, -10), *at(10, 10)))
     assert not geo.intersects_box(line((300, -1000), (1000, -300)), (*at(-500, -500), *at(500, 500)))
+
+
+# --- gRPC ----------------------------------------------------------------------------------------------
+
+
+async def test_grpc_spatial(assets: AssetsApp, scene: str, writer_token: str, token_factory) -> None:
+    md = (("authorization", f"Bearer {writer_token}"),)
+    box = pb.BoundingBox(
+        min_lon=at(-500, -500)[0], min_lat=at(-500, -500)[1], max_lon=at(500, 500)[0], max_lat=at(500, 500)[1]
+    )
+    async with assets.grpc_channel() as channel:
+        stub = assets_pb2_grpc.AssetRegistryStub(channel)
+        found = await stub.SearchArea(pb.SearchAreaRequest(bbox=box), metadata=md)
+        assert [h.id for h in found.hits] == [A, B, W] and not found.truncated
+        assert found.hits[0].facility.name == "南淝河桥" and not found.hits[0].HasField("distance_m")
+        circle = pb.Circle(center=pb.LonLat(lon=C[0], lat=C[1]), radius_m=300)
+        found = await stub.SearchArea(pb.SearchAreaRequest(circle=circle), metadata=md)
+        assert [h.id for h in found.hits] == [A, B] and found.hits[1].distance_m == pytest.approx(150, abs=0.5)
+        nearest = await stub.FindNearest(pb.FindNearestRequest(point=pb.LonLat(lon=C[0], lat=C[1]), k=4), metadata=md)
+        assert [h.id for h in nearest.hits] == [A, B, W, G]
+        risky = await stub.FindNearRiskSource(
+            pb.FindNearRiskSourceRequest(risk_source_id=scene, distance_m=100), metadata=md
+        )
+        assert [h.id for h in risky.hits] == [E]
+        risks = await stub.SearchArea(
+            pb.SearchAreaRequest(
+                circle=pb.Circle(center=pb.LonLat(lon=C[0], lat=C[1]), radius_m=2000),
+                filter=pb.SpatialFilter(entities=[pb.ASSET_ENTITY_RISK_SOURCE]),
+            ),
+            metadata=md,
+        )
+        assert [(h.entity, h.id, h.risk_source.name) for h in risks.hits] == [
+            (pb.ASSET_ENTITY_RISK_SOURCE, scene, "排水口旁施工围挡")
+        ]
+
+        inverted = pb.BoundingBox(min_lon=box.max_lon, min_lat=box.min_lat, max_lon=box.min_lon, max_lat=box.max_lat)
+        for bad in (pb.SearchAreaRequest(bbox=inverted), pb.SearchAreaRequest()):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.SearchArea(bad, metadata=md)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.SensorsAlongPath(pb.SensorsAlongPathRequest(from_code=A, to_code=E), metadata=md)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND  # no links between them
+
+        other = (("authorization", f"Bearer {await token_factory('viewer-340200')}"),)
+        assert not (await stub.SearchArea(pb.SearchAreaRequest(bbox=box), metadata=other)).hits

@@ -849,3 +849,159 @@ class TraverseNetworkResponse(_message.Message):
     facilities: _containers.RepeatedCompositeFieldContainer[ReachedFacility]
     truncated: bool
     def __init__(self, facilities: _Optional[_Iterable[_Union[ReachedFacility, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class SpatialFilter(_message.Message):
+    __slots__ = ("entities", "kind", "status", "region_prefix")
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REGION_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    entities: _containers.RepeatedScalarFieldContainer[AssetEntity]
+    kind: str
+    status: str
+    region_prefix: str
+    def __init__(self, entities: _Optional[_Iterable[_Union[AssetEntity, str]]] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., region_prefix: _Optional[str] = ...) -> None: ...
+
+class BoundingBox(_message.Message):
+    __slots__ = ("min_lon", "min_lat", "max_lon", "max_lat")
+    MIN_LON_FIELD_NUMBER: _ClassVar[int]
+    MIN_LAT_FIELD_NUMBER: _ClassVar[int]
+    MAX_LON_FIELD_NUMBER: _ClassVar[int]
+    MAX_LAT_FIELD_NUMBER: _ClassVar[int]
+    min_lon: float
+    min_lat: float
+    max_lon: float
+    max_lat: float
+    def __init__(self, min_lon: _Optional[float] = ..., min_lat: _Optional[float] = ..., max_lon: _Optional[float] = ..., max_lat: _Optional[float] = ...) -> None: ...
+
+class Circle(_message.Message):
+    __slots__ = ("center", "radius_m")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    RADIUS_M_FIELD_NUMBER: _ClassVar[int]
+    center: LonLat
+    radius_m: float
+    def __init__(self, center: _Optional[_Union[LonLat, _Mapping]] = ..., radius_m: _Optional[float] = ...) -> None: ...
+
+class SpatialHit(_message.Message):
+    __slots__ = ("entity", "id", "region", "kind", "status", "geometry", "distance_m", "facility", "sensor", "risk_source")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    GEOMETRY_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_M_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_FIELD_NUMBER: _ClassVar[int]
+    RISK_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    entity: AssetEntity
+    id: str
+    region: str
+    kind: str
+    status: str
+    geometry: Geometry
+    distance_m: float
+    facility: Facility
+    sensor: AssetSensor
+    risk_source: RiskSource
+    def __init__(self, entity: _Optional[_Union[AssetEntity, str]] = ..., id: _Optional[str] = ..., region: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., distance_m: _Optional[float] = ..., facility: _Optional[_Union[Facility, _Mapping]] = ..., sensor: _Optional[_Union[AssetSensor, _Mapping]] = ..., risk_source: _Optional[_Union[RiskSource, _Mapping]] = ...) -> None: ...
+
+class SearchAreaRequest(_message.Message):
+    __slots__ = ("bbox", "circle", "filter", "limit")
+    BBOX_FIELD_NUMBER: _ClassVar[int]
+    CIRCLE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    bbox: BoundingBox
+    circle: Circle
+    filter: SpatialFilter
+    limit: int
+    def __init__(self, bbox: _Optional[_Union[BoundingBox, _Mapping]] = ..., circle: _Optional[_Union[Circle, _Mapping]] = ..., filter: _Optional[_Union[SpatialFilter, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class SearchAreaResponse(_message.Message):
+    __slots__ = ("hits", "truncated")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[SpatialHit]
+    truncated: bool
+    def __init__(self, hits: _Optional[_Iterable[_Union[SpatialHit, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class FindNearestRequest(_message.Message):
+    __slots__ = ("point", "k", "filter")
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    point: LonLat
+    k: int
+    filter: SpatialFilter
+    def __init__(self, point: _Optional[_Union[LonLat, _Mapping]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[SpatialFilter, _Mapping]] = ...) -> None: ...
+
+class FindNearestResponse(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[SpatialHit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[SpatialHit, _Mapping]]] = ...) -> None: ...
+
+class FindNearRiskSourceRequest(_message.Message):
+    __slots__ = ("risk_source_id", "distance_m", "filter", "limit")
+    RISK_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_M_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    risk_source_id: str
+    distance_m: float
+    filter: SpatialFilter
+    limit: int
+    def __init__(self, risk_source_id: _Optional[str] = ..., distance_m: _Optional[float] = ..., filter: _Optional[_Union[SpatialFilter, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class FindNearRiskSourceResponse(_message.Message):
+    __slots__ = ("hits", "truncated")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[SpatialHit]
+    truncated: bool
+    def __init__(self, hits: _Optional[_Iterable[_Union[SpatialHit, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class SensorsAlongPathRequest(_message.Message):
+    __slots__ = ("from_code", "to_code", "quantity", "status")
+    FROM_CODE_FIELD_NUMBER: _ClassVar[int]
+    TO_CODE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    from_code: str
+    to_code: str
+    quantity: str
+    status: AssetSensorStatus
+    def __init__(self, from_code: _Optional[str] = ..., to_code: _Optional[str] = ..., quantity: _Optional[str] = ..., status: _Optional[_Union[AssetSensorStatus, str]] = ...) -> None: ...
+
+class PathLeg(_message.Message):
+    __slots__ = ("code", "kind", "name", "start_m", "length_m")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    START_M_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_M_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    kind: FacilityKind
+    name: str
+    start_m: float
+    length_m: float
+    def __init__(self, code: _Optional[str] = ..., kind: _Optional[_Union[FacilityKind, str]] = ..., name: _Optional[str] = ..., start_m: _Optional[float] = ..., length_m: _Optional[float] = ...) -> None: ...
+
+class PathSensor(_message.Message):
+    __slots__ = ("along_m", "sensor")
+    ALONG_M_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_FIELD_NUMBER: _ClassVar[int]
+    along_m: float
+    sensor: AssetSensor
+    def __init__(self, along_m: _Optional[float] = ..., sensor: _Optional[_Union[AssetSensor, _Mapping]] = ...) -> None: ...
+
+class SensorsAlongPathResponse(_message.Message):
+    __slots__ = ("upstream", "path", "sensors")
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SENSORS_FIELD_NUMBER: _ClassVar[int]
+    upstream: bool
+    path: _containers.RepeatedCompositeFieldContainer[PathLeg]
+    sensors: _containers.RepeatedCompositeFieldContainer[PathSensor]
+    def __init__(self, upstream: _Optional[bool] = ..., path: _Optional[_Iterable[_Union[PathLeg, _Mapping]]] = ..., sensors: _Optional[_Iterable[_Union[PathSensor, _Mapping]]] = ...) -> None: ...

@@ -171,6 +171,26 @@ class AssetRegistryStub:
                 request_serializer=lifeline_dot_v1_dot_assets__pb2.TraverseNetworkRequest.SerializeToString,
                 response_deserializer=lifeline_dot_v1_dot_assets__pb2.TraverseNetworkResponse.FromString,
                 _registered_method=True)
+        self.SearchArea = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/SearchArea',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.SearchAreaRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.SearchAreaResponse.FromString,
+                _registered_method=True)
+        self.FindNearest = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/FindNearest',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.FindNearestRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.FindNearestResponse.FromString,
+                _registered_method=True)
+        self.FindNearRiskSource = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/FindNearRiskSource',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.FindNearRiskSourceRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.FindNearRiskSourceResponse.FromString,
+                _registered_method=True)
+        self.SensorsAlongPath = channel.unary_unary(
+                '/lifeline.v1.AssetRegistry/SensorsAlongPath',
+                request_serializer=lifeline_dot_v1_dot_assets__pb2.SensorsAlongPathRequest.SerializeToString,
+                response_deserializer=lifeline_dot_v1_dot_assets__pb2.SensorsAlongPathResponse.FromString,
+                _registered_method=True)
 
 
 class AssetRegistryServicer:
@@ -340,6 +360,34 @@ class AssetRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchArea(self, request, context):
+        """Entities in a box or a circle.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindNearest(self, request, context):
+        """The k entities nearest to a point.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindNearRiskSource(self, request, context):
+        """Entities within a distance of a risk source.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SensorsAlongPath(self, request, context):
+        """The sensors on the facilities of the network path between two facilities, in order along it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssetRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -477,6 +525,26 @@ def add_AssetRegistryServicer_to_server(servicer, server):
                     servicer.TraverseNetwork,
                     request_deserializer=lifeline_dot_v1_dot_assets__pb2.TraverseNetworkRequest.FromString,
                     response_serializer=lifeline_dot_v1_dot_assets__pb2.TraverseNetworkResponse.SerializeToString,
+            ),
+            'SearchArea': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchArea,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.SearchAreaRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.SearchAreaResponse.SerializeToString,
+            ),
+            'FindNearest': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindNearest,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.FindNearestRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.FindNearestResponse.SerializeToString,
+            ),
+            'FindNearRiskSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindNearRiskSource,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.FindNearRiskSourceRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.FindNearRiskSourceResponse.SerializeToString,
+            ),
+            'SensorsAlongPath': grpc.unary_unary_rpc_method_handler(
+                    servicer.SensorsAlongPath,
+                    request_deserializer=lifeline_dot_v1_dot_assets__pb2.SensorsAlongPathRequest.FromString,
+                    response_serializer=lifeline_dot_v1_dot_assets__pb2.SensorsAlongPathResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1209,6 +1277,114 @@ class AssetRegistry:
             '/lifeline.v1.AssetRegistry/TraverseNetwork',
             lifeline_dot_v1_dot_assets__pb2.TraverseNetworkRequest.SerializeToString,
             lifeline_dot_v1_dot_assets__pb2.TraverseNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchArea(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/SearchArea',
+            lifeline_dot_v1_dot_assets__pb2.SearchAreaRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.SearchAreaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindNearest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/FindNearest',
+            lifeline_dot_v1_dot_assets__pb2.FindNearestRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.FindNearestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindNearRiskSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/FindNearRiskSource',
+            lifeline_dot_v1_dot_assets__pb2.FindNearRiskSourceRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.FindNearRiskSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SensorsAlongPath(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lifeline.v1.AssetRegistry/SensorsAlongPath',
+            lifeline_dot_v1_dot_assets__pb2.SensorsAlongPathRequest.SerializeToString,
+            lifeline_dot_v1_dot_assets__pb2.SensorsAlongPathResponse.FromString,
             options,
             channel_credentials,
             insecure,

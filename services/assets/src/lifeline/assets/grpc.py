@@ -41,6 +41,7 @@ from .schemas import (
     UnitUpdate,
 )
 from .service import AssetsService
+from .spatial.grpc import SpatialRpcs
 
 i18n.register(
     {
@@ -80,7 +81,7 @@ def _validated(shape: type[BaseModel], data: dict[str, Any], *, partial: bool) -
     return model.model_dump(mode="json", exclude_unset=partial)
 
 
-class AssetRegistryServicer(assets_pb2_grpc.AssetRegistryServicer):
+class AssetRegistryServicer(SpatialRpcs, assets_pb2_grpc.AssetRegistryServicer):
     def __init__(self, service: AssetsService) -> None:
         self.service = service
 
