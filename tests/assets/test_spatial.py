@@ -10,6 +10,7 @@ A small Hefei scene around a centre point C, laid out in metres east/north of it
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import grpc
@@ -19,6 +20,7 @@ from sqlalchemy import text
 
 from lifeline.assets.app import AssetsApp
 from lifeline.assets.spatial import geo
+from lifeline.assets.spatial.index import index_entities
 from lifeline.v1 import assets_pb2 as pb
 from lifeline.v1 import assets_pb2_grpc
 
@@ -362,3 +364,43 @@ async def test_grpc_spatial(assets: AssetsApp, scene: str, writer_token: str, to
 
         other = (("authorization", f"Bearer {await token_factory('viewer-340200')}"),)
         assert not (await stub.SearchArea(pb.SearchAreaRequest(bbox=box), metadata=other)).hits
+
+
+async def test_candidates_never_miss(assets: AssetsApp, client: httpx.AsyncClient) -> None:
+    """Whatever picks candidates (R*Tree, box index, GiST and ST_DWithin) keeps every answer the exact measure
+    gives, also one lying exactly on the radius: checked against a brute force over random shapes."""
+    rng = random.Random(20261122)
+    shapes: dict[str, dict[str, Any]] = {}
+    for i in range(300):
+        start = (rng.uniform(-3000, 3000), rng.uniform(-3000, 3000))
+        if i % 3:
+            shapes[f"3401041102{i:06d}"] = point(*start)
+        else:
+            bends = [
+                (start[0] + rng.uniform(-900, 900), start[1] + rng.uniform(-900, 900)) for _ in range(rng.randint(1, 3))
+            ]
+            shapes[f"3401041102{i:06d}"] = line(start, *bends)
+    docs = [
+        {"code": code, "kind": "gas", "region": "340104", "status": "in_service", "geometry": g}
+        for code, g in shapes.items()
+    ]
+    async with assets.db.transaction() as session:
+        await index_entities(session=session, entity="facility", docs=docs)
+
+    for _ in range(12):
+        centre = point(rng.uniform(-3000, 3000), rng.uniform(-3000, 3000))
+        measured = sorted((geo.distance_m(centre, g), code) for code, g in shapes.items())
+        on_edge = measured[rng.randint(0, 40)][0]  # a radius exactly at some shape's distance
+        near = ",".join(str(v) for v in centre["coordinates"])
+        for radius in (on_edge, rng.uniform(10, 1500)):
+            r = await client.get("/v1/spatial/features", params={"near": near, "radius_m": radius, "limit": 1000})
+            assert r.status_code == 200, r.text
+            assert ids(r.json()) == [code for d, code in measured if d <= radius]
+        lon, lat = centre["coordinates"]
+        k = rng.randint(1, 20)
+        nearest = await client.get("/v1/spatial/nearest", params={"lon": lon, "lat": lat, "k": k})
+        assert ids(nearest.json()) == [code for _, code in measured[:k]]
+        corner = (rng.uniform(-3000, 2000), rng.uniform(-3000, 2000))
+        box = (*at(*corner), *at(corner[0] + rng.uniform(50, 1000), corner[1] + rng.uniform(50, 1000)))
+        r = await client.get("/v1/spatial/features", params={"bbox": ",".join(map(str, box)), "limit": 1000})
+        assert ids(r.json()) == sorted(code for code, g in shapes.items() if geo.intersects_box(g, box))
