@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import IntegrityError
 
 from lifeline.kit import i18n
 from lifeline.kit.api import require_any_role
@@ -90,6 +91,10 @@ i18n.register(
         "assets.bulk.immutable": {
             "zh-CN": "{name} 不能通过导入修改（现为 {current}）",
             "en": "{name} cannot change by import (it is {current})",
+        },
+        "assets.bulk.conflict": {
+            "zh-CN": "导入期间有{entity}被他人同时新建，未写入任何数据，请重试",
+            "en": "a {entity} was created by someone else during the import; nothing was written, please retry",
         },
         "assets.bulk.key_required": {
             "zh-CN": "导入的每条记录须给出 {name}（重复导入据此识别）",
@@ -278,9 +283,13 @@ class BulkService:
             if change is not None:
                 changes.append(change)
         if changes and not run.dry_run and not run.rejected:
-            await record_batch(
-                session, entity=shape.entity, changes=changes, principal=run.principal, reason=run.reason
-            )
+            try:
+                await record_batch(
+                    session, entity=shape.entity, changes=changes, principal=run.principal, reason=run.reason
+                )
+            except IntegrityError as exc:
+                # Someone created one of these keys after this chunk was read: nothing is kept, try again.
+                raise ProblemError(409, detail="assets.bulk.conflict", params={"entity": shape.entity}) from exc
 
     async def _plan(
         self, session: Any, run: _Run, rec: Record, current: dict[str, Any] | None
