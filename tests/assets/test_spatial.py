@@ -404,3 +404,20 @@ async def test_candidates_never_miss(assets: AssetsApp, client: httpx.AsyncClien
         box = (*at(*corner), *at(corner[0] + rng.uniform(50, 1000), corner[1] + rng.uniform(50, 1000)))
         r = await client.get("/v1/spatial/features", params={"bbox": ",".join(map(str, box)), "limit": 1000})
         assert ids(r.json()) == sorted(code for code, g in shapes.items() if geo.intersects_box(g, box))
+
+
+async def test_sqlite_without_rtree(assets: AssetsApp, client: httpx.AsyncClient, scene: str) -> None:
+    """A sqlite3 build without the R*Tree module has only the box columns' index: the same answers."""
+    if assets.db.dialect != "sqlite":
+        pytest.skip("SQLite only")
+    async with assets.db.transaction() as session:
+        conn = await session.connection()
+        for trigger in ("geo_rtree_insert", "geo_rtree_update", "geo_rtree_delete"):
+            await conn.execute(text(f"DROP TRIGGER {trigger}"))
+        await conn.execute(text("DROP TABLE geo_rtree"))
+    assert ids((await client.get("/v1/spatial/features", params={"bbox": BOX_500})).json()) == [A, B, W]
+    near = {"near": NEAR_C, "radius_m": 300}
+    assert ids((await client.get("/v1/spatial/features", params=near)).json()) == [A, B]
+    r = await client.patch(f"/v1/facilities/{W}", json={"geometry": point(0, 200)})
+    assert r.status_code == 200, r.text
+    assert ids((await client.get("/v1/spatial/features", params=near)).json()) == [A, B, W]
