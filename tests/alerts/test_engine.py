@@ -131,7 +131,7 @@ def test_restart_in_the_middle_of_a_for_window(engine: Engine) -> None:
     fresh.set_facility(FacilityContext(code=FAC, kind="gas", region="340104"))
     fresh.set_sensor(SensorContext("ch4-1", "gas.ch4", FAC, "340104"))
     for st in stored.values():
-        fresh.load_state(st, reading_time=True)
+        fresh.load_state(st)
     # The window started at 0 s before the restart: the alert fires at 30 s, not 40 s.
     assert feed(fresh, "ch4-1", [(5, 6), (20, 6), (30, 6)]) == [(30, "raised", "IV")]
 

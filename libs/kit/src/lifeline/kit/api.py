@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from fastapi import Request
 
 from lifeline.kit import i18n
 from lifeline.kit.auth import Principal
-from lifeline.kit.problems import ProblemError
+from lifeline.kit.problems import FieldError, ProblemError
 
 i18n.register(
     {
@@ -22,6 +23,22 @@ def require_any_role(principal: Principal, roles: tuple[str, ...]) -> None:
     """403 problem unless the principal holds one of `roles`."""
     if not principal.has_role(*roles):
         raise ProblemError(403, detail="kit.missing_role", params={"roles": ", ".join(roles)})
+
+
+def invalid_field(field: str, key: str, **params: Any) -> ProblemError:
+    """422 naming the field; the detail (message ``key``) says what is wrong in the caller's language."""
+    return ProblemError(422, detail=key, params=params, errors=[FieldError(field, "invalid", key, params)])
+
+
+def scope_prefix(region: str) -> str:
+    """The region-code prefix of everything ``region`` contains (the SQL form of ``region_contains``)."""
+    if region == "100000":
+        return ""
+    if region.endswith("0000"):
+        return region[:2]
+    if region.endswith("00"):
+        return region[:4]
+    return region
 
 
 def encode_page_token(value: str) -> str:

@@ -193,6 +193,7 @@ class RuleState:
     fingerprint: str
     rule_id: str
     subject: str
+    kind: RuleKind = "threshold"
     firing: Level | None = None
     pending_since: int | None = None
     clear_since: int | None = None
@@ -296,6 +297,7 @@ class Engine:
         self._rates: dict[tuple[str, int], RateTracker] = {}
         self._bound: dict[str, tuple[RuleSpec, ...]] = {}
         self._history_days: dict[str, int] = {}
+        self._defaults: dict[str, list[RuleSpec]] = {}
         self._composites: dict[str, tuple[RuleSpec, ...]] = {}
         self._holds: dict[tuple[str, str], list[tuple[set[str], set[str]]]] = {}
         self._offset_ms = policy.utc_offset_h * _HOUR_MS
@@ -330,16 +332,22 @@ class Engine:
         self._bound.clear()
         self._composites.clear()
 
-    def load_state(self, state: RuleState, *, reading_time: bool) -> None:
-        """A stored state; ``reading_time``: its last_ms is a reading's device time of that sensor."""
+    def load_state(self, state: RuleState) -> None:
+        """A stored state; a threshold rule's last_ms is the newest evaluated device time of its sensor."""
         self.states[state.fingerprint] = state
-        if reading_time and state.last_ms > self.last_ms.get(state.subject, 0):
+        if state.kind == "threshold" and state.last_ms > self.last_ms.get(state.subject, 0):
             self.last_ms[state.subject] = state.last_ms
 
     # --- rules ------------------------------------------------------------------------------------
 
     def default_rules(self, quantity: str) -> list[RuleSpec]:
-        """The catalogue's rules of a quantity, with the policy's durations and margins."""
+        """The catalogue's rules of a quantity, with the policy's durations and margins (built once)."""
+        found = self._defaults.get(quantity)
+        if found is None:
+            found = self._defaults[quantity] = self._build_defaults(quantity)
+        return found
+
+    def _build_defaults(self, quantity: str) -> list[RuleSpec]:
         try:
             q = self.catalogue.get(quantity)
         except (KeyError, UnknownQuantityError):
@@ -483,10 +491,10 @@ class Engine:
         self.dirty = set()
         self.finished_hours = []
 
-    def _state(self, fingerprint: str, rule_id: str, subject: str) -> RuleState:
+    def _state(self, fingerprint: str, rule: RuleSpec, subject: str) -> RuleState:
         st = self.states.get(fingerprint)
         if st is None:
-            st = RuleState(fingerprint=fingerprint, rule_id=rule_id, subject=subject)
+            st = RuleState(fingerprint=fingerprint, rule_id=rule.id, subject=subject, kind=rule.kind)
             self.states[fingerprint] = st
             if self._batch is not None and fingerprint not in self._batch.states:
                 self._batch.states[fingerprint] = None
@@ -654,7 +662,7 @@ class Engine:
         if st is None:
             if raw is None:
                 return  # the common case: nothing pending, nothing firing, nothing to remember
-            st = self._state(fp, rule.id, subject)
+            st = self._state(fp, rule, subject)
         f = st.firing
 
         def change(kind: ChangeKind, level: Level, previous: Level | None) -> None:

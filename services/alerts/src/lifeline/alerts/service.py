@@ -18,13 +18,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from lifeline.kit import i18n
-from lifeline.kit.api import bad_page_token, decode_page_token, encode_page_token, require_any_role
+from lifeline.kit.api import (
+    bad_page_token,
+    decode_page_token,
+    encode_page_token,
+    invalid_field,
+    require_any_role,
+    scope_prefix,
+)
 from lifeline.kit.audit import audit
 from lifeline.kit.auth import Principal
 from lifeline.kit.catalogue import Level, QuantityCatalogue, ThresholdRule, UnknownQuantityError
 from lifeline.kit.db import Database
 from lifeline.kit.outbox import enqueue
-from lifeline.kit.problems import FieldError, ProblemError
+from lifeline.kit.problems import ProblemError
 from lifeline.v1 import common_pb2, telemetry_pb2
 
 from . import repository
@@ -85,19 +92,8 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def scope_prefix(region: str) -> str:
-    """The region-code prefix of everything ``region`` contains."""
-    if region == "100000":
-        return ""
-    if region.endswith("0000"):
-        return region[:2]
-    if region.endswith("00"):
-        return region[:4]
-    return region
-
-
-def _invalid(field: str, key: str, **params: Any) -> ProblemError:
-    return ProblemError(422, detail=key, params=params, errors=[FieldError(field, "invalid", key, params)])
+# The notifications module raises the same problems as the alerts it serves.
+_invalid = invalid_field
 
 
 def _not_found(entity: str, key: str) -> ProblemError:
@@ -177,8 +173,8 @@ class AlertsService:
                         clear_since=row.clear_since,
                         last_ms=row.last_ms,
                         alert_id=row.alert_id,
-                    ),
-                    reading_time=row.kind == "threshold",
+                        kind=row.kind,
+                    )
                 )
             days = self.policy.defaults.baseline_days
             since = (self.clock() + self.policy.utc_offset_h * 3_600_000) // 3_600_000 - 24 * (days + 1)
@@ -282,26 +278,20 @@ class AlertsService:
                     higher_is_worse=b.higher_is_worse,
                     at_ms=b.at_ms,
                 )
-            rows = []
-            for fp in engine.dirty:
-                st = engine.states[fp]
-                rule_kind = "no_data" if st.rule_id == "no_data" or fp.startswith("no_data") else "threshold"
-                rule = engine.api_rules.get(st.rule_id)
-                if rule is not None:
-                    rule_kind = rule.kind
-                rows.append(
-                    {
-                        "fingerprint": fp,
-                        "rule_id": st.rule_id,
-                        "subject": st.subject,
-                        "kind": rule_kind,
-                        "firing": str(st.firing) if st.firing else None,
-                        "pending_since": st.pending_since,
-                        "clear_since": st.clear_since,
-                        "last_ms": st.last_ms,
-                        "alert_id": st.alert_id,
-                    }
-                )
+            rows = [
+                {
+                    "fingerprint": st.fingerprint,
+                    "rule_id": st.rule_id,
+                    "subject": st.subject,
+                    "kind": st.kind,
+                    "firing": str(st.firing) if st.firing else None,
+                    "pending_since": st.pending_since,
+                    "clear_since": st.clear_since,
+                    "last_ms": st.last_ms,
+                    "alert_id": st.alert_id,
+                }
+                for st in (engine.states[fp] for fp in engine.dirty)
+            ]
             await repository.save_states(session=session, rows=rows)
             await repository.save_hours(session=session, rows=engine.finished_hours)
 
@@ -549,7 +539,7 @@ class AlertsService:
                     else ""
                 )  # type: ignore[union-attr]
                 if not unit:
-                    raise _invalid("unit_id", "alerts.no_unit", facility=row.facility_code)
+                    raise invalid_field("unit_id", "alerts.no_unit", facility=row.facility_code)
                 values["unit_id"] = unit
                 entry["unit_id"] = unit
             step, due_ms = due(
@@ -717,21 +707,23 @@ class AlertsService:
             try:
                 self.catalogue.get(c["quantity"])
             except (KeyError, UnknownQuantityError):
-                raise _invalid(f"conditions[{i}].quantity", "alerts.unknown_quantity", quantity=c["quantity"]) from None
+                raise invalid_field(
+                    f"conditions[{i}].quantity", "alerts.unknown_quantity", quantity=c["quantity"]
+                ) from None
         kind = doc["kind"]
         n = len(doc.get("conditions", []))
         if kind == "threshold" and n != 1:
-            raise _invalid("conditions", "alerts.bad_rule", why="a threshold rule has exactly one condition")
+            raise invalid_field("conditions", "alerts.bad_rule", why="a threshold rule has exactly one condition")
         if kind == "composite" and n < 2:
-            raise _invalid("conditions", "alerts.bad_rule", why="a composite rule needs two or more conditions")
+            raise invalid_field("conditions", "alerts.bad_rule", why="a composite rule needs two or more conditions")
         if kind in ("composite", "no_data") and not doc.get("level"):
-            raise _invalid("level", "alerts.bad_rule", why=f"a {kind} rule needs a level")
+            raise invalid_field("level", "alerts.bad_rule", why=f"a {kind} rule needs a level")
         if kind == "no_data" and n:
-            raise _invalid("conditions", "alerts.bad_rule", why="a no-data rule has no conditions")
+            raise invalid_field("conditions", "alerts.bad_rule", why="a no-data rule has no conditions")
         try:
             return rule_spec(doc, self.policy)
         except ValidationError as exc:
-            raise _invalid("conditions", "alerts.bad_rule", why=exc.errors()[0]["msg"]) from None
+            raise invalid_field("conditions", "alerts.bad_rule", why=exc.errors()[0]["msg"]) from None
 
     async def create_rule(
         self, *, rule_in: dict[str, Any], principal: Principal, source: str | None = None
@@ -845,7 +837,7 @@ class AlertsService:
             created_ms=now,
         )
         if not any(doc.get(k) for k in matchers) or doc["ends_ms"] <= doc["starts_ms"]:
-            raise _invalid("ends_ms", "alerts.bad_silence")
+            raise invalid_field("ends_ms", "alerts.bad_silence")
         self._visible(
             doc["region"] or self.region, principal, action="silence.create", resource="silences", source=source
         )
