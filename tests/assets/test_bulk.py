@@ -202,6 +202,13 @@ async def test_sensors_import_and_export_round_trip(client: httpx.AsyncClient, a
     r = await client.post("/v1/import/sensor", content=bad.encode(), headers=CSV)
     assert fields_of(r) == ["lines[2].facility_code", "lines[3].quantity", "lines[4].facility_code"]
 
+    far = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [117.2, 60.0]}, "properties": {}}
+    far["properties"] = {"sensor_id": "S-7", "facility_code": code(1), "quantity": "gas.ch4"}
+    line = {"geometry": {"type": "LineString", "coordinates": [[117.2, 31.8], [117.3, 31.9]]}}
+    line = far | line | {"properties": far["properties"] | {"sensor_id": "S-6"}}
+    r = await client.post("/v1/import/sensor", content=collection(far, line), headers=GEOJSON)
+    assert fields_of(r) == ["features[0].geometry", "features[1].geometry"]
+
     before = await state(assets)
     for entity in ("facility", "sensor"):
         for fmt, media in (("geojson", GEOJSON), ("csv", CSV)):
