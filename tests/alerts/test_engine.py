@@ -20,7 +20,7 @@ from lifeline.alerts.engine import (
     Window,
 )
 from lifeline.alerts.policy import load_policy
-from lifeline.kit.catalogue import Level, ThresholdRule, load_quantities
+from lifeline.kit.catalogue import CatalogueError, Level, ThresholdRule, load_quantities
 
 S = 1000
 T0 = 1_700_000_000_000
@@ -237,3 +237,42 @@ def test_outside_band_rule() -> None:
     cond = next(r for r in rules if r.kind == "threshold").conditions[0]
     assert cond.level(7.0) is None and cond.level(9.0) is Level.III and cond.level(6.0) is Level.III
     assert math.isclose(cond.clear_margin, 0.1)  # 10 % of the half-width of 6.5–8.5
+
+
+def test_an_operator_policy_overrides_durations_limits_and_facility_kind_thresholds(tmp_path) -> None:
+    own = tmp_path / "policy.toml"
+    own.write_text(
+        """
+[domains.gas]
+for_s = 0
+
+[limits.I]
+verify_s = 60
+
+[[override]]
+facility_kind = "utility_tunnel"
+quantity = "gas.ch4"
+measure = "value"
+direction = "above"
+levels = { II = 20.0, I = 25.0 }
+""",
+        encoding="utf-8",
+    )
+    policy = load_policy(own)
+    assert policy.limits[Level.I].verify_s == 60 and policy.limits[Level.II].verify_s == 600  # the rest is kept
+    e = Engine(catalogue=load_quantities(), policy=policy)
+    tunnel = "3401000701000001"
+    e.set_facility(FacilityContext(code=tunnel, kind="utility_tunnel", region="340104"))
+    e.set_facility(FacilityContext(code=FAC, kind="gas", region="340104"))
+    e.set_sensor(SensorContext("t-1", "gas.ch4", tunnel, "340104"))
+    e.set_sensor(SensorContext("g-1", "gas.ch4", FAC, "340104"))
+    # In a utility tunnel 22 %LEL is level II at once (no `for` for gas now); next to a gas main it is III.
+    assert feed(e, "t-1", [(0, 22.0)]) == [(0, "raised", "II")]
+    assert feed(e, "g-1", [(0, 22.0)]) == [(0, "raised", "III")]
+
+
+def test_a_malformed_policy_is_refused_with_the_reason(tmp_path) -> None:
+    own = tmp_path / "policy.toml"
+    own.write_text("[limits.I]\nverify_s = -5\n", encoding="utf-8")
+    with pytest.raises(CatalogueError, match=r"limits\.I\.verify_s"):
+        load_policy(own)
