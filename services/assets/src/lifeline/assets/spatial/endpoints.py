@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from lifeline.kit.api import client_address
+from lifeline.kit.api import client_address, invalid_field
 from lifeline.kit.auth import PrincipalDep
 
 from .schemas import Entity, PathSensors, SpatialPage
-from .service import MAX_K, MAX_RESULTS, Filters, SpatialService, invalid
+from .service import MAX_K, MAX_RESULTS, Filters, SpatialService
 
 router = APIRouter(prefix="/v1/spatial", tags=["spatial"])
 
@@ -38,7 +38,7 @@ def _numbers(raw: str, count: int, field: str, key: str) -> list[float]:
     except ValueError:
         values = []
     if len(values) != count:
-        raise invalid(field, key, field=field)
+        raise invalid_field(field, key, param=field)
     return values
 
 
@@ -70,7 +70,7 @@ async def features(
         return await spatial.within(
             lon=lon, lat=lat, radius_m=radius_m, filters=filters, limit=limit, principal=principal, source=source
         )
-    raise invalid("bbox", "spatial.where")
+    raise invalid_field("bbox", "spatial.where")
 
 
 @router.get("/nearest", response_model=SpatialPage, summary="The k nearest to a point, with distances")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
+from lifeline.kit.api import invalid_field
 from lifeline.kit.auth import current_principal
 from lifeline.v1 import assets_pb2 as A
 
 from ..messages import KIND, SENSOR_STATUS_NAME, facility_proto, geometry_proto, risk_proto, sensor_proto
 from ..service import AssetsService
-from .service import Filters, SpatialService, invalid
+from .service import Filters, SpatialService
 
 _ENTITY = {A.ASSET_ENTITY_FACILITY: "facility", A.ASSET_ENTITY_SENSOR: "sensor", A.ASSET_ENTITY_RISK_SOURCE: "risk"}
 _ENTITY_VALUE = {name: value for value, name in _ENTITY.items()}
@@ -25,7 +26,7 @@ def _filters(msg: A.SpatialFilter) -> Filters:
     entities = []
     for value in msg.entities:
         if value not in _ENTITY:
-            raise invalid(
+            raise invalid_field(
                 "filter.entities",
                 "spatial.bad_entity",
                 entity=A.AssetEntity.Name(value),
@@ -80,7 +81,7 @@ class SpatialRpcs:
             c = request.circle
             found = await self.spatial.within(lon=c.center.lon, lat=c.center.lat, radius_m=c.radius_m, **common)
         else:
-            raise invalid("area", "spatial.where")
+            raise invalid_field("area", "spatial.where")
         return A.SearchAreaResponse(hits=[_hit(i) for i in found["items"]], truncated=found["truncated"])
 
     async def FindNearest(self, request: Any, context: Any) -> A.FindNearestResponse:

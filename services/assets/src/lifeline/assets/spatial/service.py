@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from lifeline.kit import i18n
-from lifeline.kit.api import require_any_role
+from lifeline.kit.api import invalid_field, require_any_role, scope_prefix
 from lifeline.kit.audit import audit, is_cross_region
 from lifeline.kit.auth import Principal
 from lifeline.kit.db import Database
-from lifeline.kit.problems import FieldError, ProblemError
+from lifeline.kit.problems import ProblemError
 
-from ..service import MAX_DEPTH, READER_ROLES, AssetsService, check_position, scope_prefix
+from ..service import MAX_DEPTH, READER_ROLES, AssetsService, check_position
 from . import geo, repository
 
 ENTITIES = ("facility", "sensor", "risk")
@@ -41,14 +41,14 @@ i18n.register(
             "en": "bbox minimum exceeds its maximum (lon {min_lon} > {max_lon} or lat {min_lat} > {max_lat})",
         },
         "spatial.bad_point": {
-            "zh-CN": "{field} 须为“经度,纬度”两个数",
-            "en": "{field} must be two numbers: lon,lat",
+            "zh-CN": "{param} 须为“经度,纬度”两个数",
+            "en": "{param} must be two numbers: lon,lat",
         },
         "spatial.bad_distance": {
-            "zh-CN": "{field} 须大于 {min} 且不超过 {max} 米",
-            "en": "{field} must be more than {min} and at most {max} metres",
+            "zh-CN": "{param} 须在 {interval} 米范围内",
+            "en": "{param} must lie in {interval} metres",
         },
-        "spatial.bad_count": {"zh-CN": "{field} 须在 1 到 {max} 之间", "en": "{field} must be between 1 and {max}"},
+        "spatial.bad_count": {"zh-CN": "{param} 须在 1 到 {max} 之间", "en": "{param} must be between 1 and {max}"},
         "spatial.bad_entity": {
             "zh-CN": "实体类型 {entity} 无位置可查（可用：{entities}）",
             "en": "entity type {entity} has no location to query (use: {entities})",
@@ -66,21 +66,17 @@ i18n.register(
 )
 
 
-def invalid(name: str, key: str, /, **params: Any) -> ProblemError:
-    """422 naming the query parameter that is wrong."""
-    return ProblemError(422, detail=key, params=params, errors=[FieldError(name, "invalid", key, params)])
-
-
 def check_distance(metres: float, field: str, *, allow_zero: bool = False) -> float:
     low_ok = metres >= 0 if allow_zero else metres > 0
     if not (math.isfinite(metres) and low_ok and metres <= MAX_DISTANCE_M):
-        raise invalid(field, "spatial.bad_distance", field=field, min=-1 if allow_zero else 0, max=int(MAX_DISTANCE_M))
+        interval = f"{'[' if allow_zero else '('}0, {MAX_DISTANCE_M:.0f}]"
+        raise invalid_field(field, "spatial.bad_distance", param=field, interval=interval)
     return float(metres)
 
 
 def check_count(value: int, field: str, top: int) -> int:
     if not 1 <= value <= top:
-        raise invalid(field, "spatial.bad_count", field=field, max=top)
+        raise invalid_field(field, "spatial.bad_count", param=field, max=top)
     return value
 
 
@@ -89,7 +85,7 @@ def check_box(box: Sequence[float]) -> geo.Box:
     min_lon, min_lat = check_position(box[0], box[1], "bbox")
     max_lon, max_lat = check_position(box[2], box[3], "bbox")
     if min_lon > max_lon or min_lat > max_lat:
-        raise invalid(
+        raise invalid_field(
             "bbox", "spatial.bbox_inverted", min_lon=min_lon, max_lon=max_lon, min_lat=min_lat, max_lat=max_lat
         )
     return min_lon, min_lat, max_lon, max_lat
@@ -107,7 +103,7 @@ class Filters:
     def checked(self) -> Filters:
         for entity in self.entities:
             if entity not in ENTITIES:
-                raise invalid("entity", "spatial.bad_entity", entity=entity, entities=", ".join(ENTITIES))
+                raise invalid_field("entity", "spatial.bad_entity", entity=entity, entities=", ".join(ENTITIES))
         return self
 
 
