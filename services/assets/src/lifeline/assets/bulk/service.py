@@ -191,7 +191,6 @@ class _Run:
     rejected: int = 0
     total: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"created": 0, "updated": 0, "unchanged": 0})
-    units: dict[str | None, bool] = field(default_factory=dict)
 
     def reject(self, errors: list[FieldError]) -> None:
         self.rejected += 1
