@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from lifeline.kit import i18n
-from lifeline.kit.api import require_any_role
+from lifeline.kit.api import invalid_field, require_any_role
 from lifeline.kit.audit import audit
 from lifeline.kit.auth import Principal
 from lifeline.kit.outbox import enqueue_many
@@ -40,7 +40,7 @@ from ..schemas import (
     UnitCreate,
     UnitPublic,
 )
-from ..service import MAX_PAGE, WRITER_ROLES, AssetsService, _invalid, now_ms
+from ..service import MAX_PAGE, WRITER_ROLES, AssetsService, now_ms
 from ..spatial.index import index_entities
 from . import repository
 from .formats import Record
@@ -298,7 +298,7 @@ class BulkService:
         New entities are made and changed ones refined by the very functions single writes use."""
         shape, principal, source = run.shape, run.principal, run.source
         if shape.key not in rec.fields:  # a generated key would make the same file import twice
-            raise _invalid(shape.key, "assets.bulk.key_required", name=shape.key)
+            raise invalid_field(shape.key, "assets.bulk.key_required", name=shape.key)
         model = shape.record.model_validate(rec.fields)
         data = model.model_dump(mode="json")
         given = model.model_dump(mode="json", exclude={"reason"}, exclude_unset=True)
@@ -306,7 +306,7 @@ class BulkService:
         status = given.get("status")
         if current is None:
             if status == "retired":
-                raise _invalid("status", "assets.bulk.no_retire")
+                raise invalid_field("status", "assets.bulk.no_retire")
             _, after = await assets_service._NEW[shape.entity](self.assets, session, data, principal, source)
             after.update(version=1, updated_ms=now_ms())
             run.counts["created"] += 1
@@ -315,12 +315,12 @@ class BulkService:
         self.assets._visible(current["region"], principal, action=action, resource=resource, source=source)
         for name in shape.immutable:
             if given.get(name, current[name]) != current[name]:
-                raise _invalid(name, "assets.bulk.immutable", name=name, current=current[name])
+                raise invalid_field(name, "assets.bulk.immutable", name=name, current=current[name])
         if status is not None and status != current["status"] and "retired" in (status, current["status"]):
             # Neither retiring nor bringing back a retired entity is an import's business.
             if current["status"] == "retired":
                 raise ProblemError(409, detail="assets.retired", params={"entity": shape.entity, "id": key})
-            raise _invalid("status", "assets.bulk.no_retire")
+            raise invalid_field("status", "assets.bulk.no_retire")
         after = {**current, **given}
         after = await assets_service._REFINE[shape.entity](self.assets, session, current, after, given, principal)
         if _stable(after) == _stable(current):
