@@ -192,6 +192,9 @@ def run_env(nats_server, oidc_provider, tmp_path: Path) -> dict[str, str]:
         {
             "LIFELINE_NATS_URL": nats_server.url,
             "LIFELINE_OIDC_ISSUER": oidc_provider.issuer,
+            # The instance's service account: ingest reads its sensor registry from assets with it.
+            "LIFELINE_OIDC_CLIENT_ID": "svc",
+            "LIFELINE_OIDC_CLIENT_SECRET": "secret-svc",
             "LIFELINE_DATA_DIR": str(tmp_path / "data"),
             "LIFELINE_INGEST_HTTP_PORT": str(free_port()),
             "LIFELINE_INGEST_GRPC_PORT": str(free_port()),
@@ -243,7 +246,8 @@ def test_run_single_process_serves_then_stops_on_sigterm(run_env: dict[str, str]
     )
     try:
         body = _wait_ready(_ready_url(run_env), proc)
-        assert body["checks"] == {"database": "ok", "bus": "ok"}
+        # The registry is ready once ingest found assets (wired by the launcher) and read its sensors.
+        assert body["checks"] == {"database": "ok", "bus": "ok", "registry": "ok"}
         # The service's own database lives in the instance's data directory.
         assert (Path(run_env["LIFELINE_DATA_DIR"]) / "ingest.db").is_file()
         started = time.monotonic()

@@ -30,9 +30,19 @@ log = logging.getLogger("lifeline.launcher")
 # Every service of an instance, in start order ("module:Class", imported only when it runs).
 # Adding a service is one line here; the tier rules below already know the planned ones.
 SERVICES: dict[str, str] = {
-    "ingest": "lifeline.ingest.app:IngestApp",
+    # The census first: ingest's sensor registry follows it.
     "assets": "lifeline.assets.app:AssetsApp",
+    "ingest": "lifeline.ingest.app:IngestApp",
     "alerts": "lifeline.alerts.app:AlertsApp",
+}
+
+# Settings that hold another service's gRPC address: service -> {setting: peer}. When the peer runs in
+# the same instance the launcher fills them in (the real address of a peer started before in the same
+# process, else the peer's configured port); explicit settings overrides win, and so does the
+# environment of a child process in microservices mode.
+PEERS: dict[str, dict[str, str]] = {
+    "assets": {"ingest_grpc": "ingest"},
+    "ingest": {"assets_grpc": "assets"},
 }
 
 # What each tier runs (DESIGN §1). ``--services all`` means these, of the services that exist.
@@ -113,7 +123,10 @@ class Instance:
         self.verifier = TokenVerifier(s.oidc_issuer, s.oidc_audience)
         try:
             for name, cls in classes.items():
-                svc_settings: ServiceSettings = cls.settings_cls(**dict(self.settings_overrides.get(name, {})))
+                wired = peer_addresses(name, self.names, self.services, self.settings_overrides)
+                svc_settings: ServiceSettings = cls.settings_cls(
+                    **{**wired, **dict(self.settings_overrides.get(name, {}))}
+                )
                 svc = cls(instance=s, settings=svc_settings, bus=self.bus, verifier=self.verifier)
                 with service_context(name):
                     await svc.start()
@@ -137,6 +150,39 @@ class Instance:
         if self.verifier is not None:
             await self.verifier.aclose()
             self.verifier = None
+
+
+def peer_addresses(
+    name: str,
+    names: Sequence[str],
+    started: Mapping[str, Service],
+    overrides: Mapping[str, Mapping[str, Any]],
+) -> dict[str, str]:
+    """Settings of service ``name`` pointing at the gRPC servers of its peers in this instance: the real
+    address of a peer already started in this process, else the port the peer is configured with."""
+    out: dict[str, str] = {}
+    for setting, peer in PEERS.get(name, {}).items():
+        if peer not in names:
+            continue
+        svc = started.get(peer)
+        if svc is not None and svc.grpc is not None:
+            out[setting] = svc.grpc.address
+            continue
+        configured = load_service(peer).settings_cls(**dict(overrides.get(peer, {})))
+        if configured.grpc_port:  # 0 (a free port at start) cannot be told before the peer runs
+            host = "127.0.0.1" if configured.http_host in ("", "0.0.0.0") else configured.http_host
+            out[setting] = f"{host}:{configured.grpc_port}"
+    return out
+
+
+def peer_env(names: Sequence[str]) -> dict[str, str]:
+    """Environment telling each child process where the peers it needs listen."""
+    env: dict[str, str] = {}
+    for name in names:
+        prefix = str(load_service(name).settings_cls.model_config.get("env_prefix", ""))
+        for setting, address in peer_addresses(name, names, {}, {}).items():
+            env[f"{prefix}{setting}".upper()] = address
+    return env
 
 
 def install_stop_signals(stop: asyncio.Event) -> Callable[[], None]:
@@ -211,7 +257,7 @@ class Supervisor:
         ]
 
     def child_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**peer_env(self.names), **os.environ}
         # The flags given to the parent override its environment; the children must see the same.
         env["LIFELINE_TIER"] = str(self.settings.tier)
         env["LIFELINE_REGION"] = self.settings.region

@@ -6,9 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc.aio
 from fastapi import FastAPI
 
+from lifeline.kit.auth import ClientCredentials
 from lifeline.kit.bus import PullConsumer
+from lifeline.kit.catalogue import load_quantities
 from lifeline.kit.grpc import AddServicerFn
 from lifeline.kit.http import create_http_app
 from lifeline.kit.runtime import Periodic, Service
@@ -18,7 +21,7 @@ from .consumers import MqttHandler, PersistHandler, mqtt_topic_subject
 from .dedup import DedupIndex
 from .endpoints import router
 from .grpc import TelemetryIngestServicer, TelemetryQueryServicer
-from .registry import SensorRegistry
+from .registry import SensorRegistry, follow_assets
 from .service import IngestQueries, IngestService, readings_subject
 from .settings import IngestSettings
 from .validation import Limits, Validator
@@ -33,11 +36,16 @@ class IngestApp(Service):
     grpc_service_names = ("lifeline.v1.TelemetryIngest", "lifeline.v1.TelemetryQuery")
 
     settings: IngestSettings
+    _assets_channel: grpc.aio.Channel | None = None
+    _credentials: ClientCredentials | None = None
 
     async def setup(self) -> None:
         s = self.settings
         region = self.instance.region
-        self.registry = SensorRegistry.from_files(s.sensors_file, s.quantities_file)
+        if s.registry == "file":
+            self.registry = SensorRegistry.from_files(s.sensors_file, s.quantities_file)
+        else:
+            self._follow_assets(region)
         limits = Limits(
             max_future_skew_ms=int(s.max_future_skew_s * 1000), retention_ms=int(s.retention_days * 86_400_000)
         )
@@ -66,6 +74,22 @@ class IngestApp(Service):
                 )
             )
 
+    def _follow_assets(self, region: str) -> None:
+        # Every ingest process (front and storage alike) keeps its own registry, hence its own mirror.
+        s, i = self.settings, self.instance
+        self._assets_channel = grpc.aio.insecure_channel(s.assets_grpc)
+        self._credentials = ClientCredentials(i.oidc_issuer, i.oidc_client_id, i.oidc_client_secret)
+        self.registry = SensorRegistry(load_quantities(s.quantities_file), ready=lambda: self.mirror.ready)
+        self.mirror = follow_assets(
+            self.registry,
+            bus=self.bus,
+            region=region,
+            channel=self._assets_channel,
+            credentials=self._credentials,
+            resync_s=s.registry_resync_s,
+        )
+        self.background.append(self.mirror)
+
     def _setup_storage(self, region: str) -> None:
         s = self.settings
         persist_consumer = PullConsumer(
@@ -91,7 +115,18 @@ class IngestApp(Service):
         app.state.ingest = self.service
         app.state.queries = self.queries
         app.state.settings = self.settings
+        app.state.readiness["registry"] = self._registry_ready
         return app
+
+    async def _registry_ready(self) -> bool:
+        return self.registry.ready
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._assets_channel is not None:
+            await self._assets_channel.close()
+        if self._credentials is not None:
+            await self._credentials.aclose()
 
     def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
         if not self.settings.has_role("front"):

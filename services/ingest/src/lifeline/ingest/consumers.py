@@ -14,6 +14,7 @@ from lifeline.kit.problems import ProblemError
 from lifeline.v1 import telemetry_pb2
 
 from .endpoints import parse_batch, render_results
+from .registry import RegistryNotReady
 from .service import IngestService
 from .settings import IngestSettings
 from .validation import from_json
@@ -77,8 +78,8 @@ class MqttHandler:
         except ProblemError as problem:
             # A message that can never be valid is answered and acknowledged, not redelivered.
             body = problem.render(lang)
-        except BusUnavailable:
-            raise  # nak: the consumer redelivers it once the bus is back
+        except (BusUnavailable, RegistryNotReady):
+            raise  # nak: the consumer redelivers it once the bus is back or the registry is loaded
         reply = f"devices.{self.region}.{client}.results"
         try:
             await self.bus.publish_core(reply, msgspec.json.encode(body))

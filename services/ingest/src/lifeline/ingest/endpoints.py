@@ -14,6 +14,7 @@ from lifeline.kit.auth import Principal, PrincipalDep
 from lifeline.kit.bus import BusUnavailable
 from lifeline.kit.problems import ProblemError
 
+from .registry import RegistryNotReady
 from .schemas import IngestResultPublic, LatestPublic, ReadingsIn, ReadingsPage, SensorStatusPage
 from .service import QUALITY_NAMES, STATE_NAMES, STATUS_NAME, IngestQueries, IngestService, Outcome
 from .settings import IngestSettings
@@ -42,6 +43,10 @@ i18n.register(
         "ingest.bus_unavailable": {
             "zh-CN": "消息总线暂不可用，未保存任何读数，请在 {retry_after} 秒后重试",
             "en": "the message bus is unavailable; nothing was kept; retry in {retry_after} s",
+        },
+        "ingest.registry_unavailable": {
+            "zh-CN": "传感器登记册尚未从资产服务载入，未保存任何读数，请在 {retry_after} 秒后重试",
+            "en": "the sensor registry is not loaded from assets yet; nothing was kept; retry in {retry_after} s",
         },
         "ingest.bad_time": {
             "zh-CN": "{field} 须为毫秒时间戳或带时区的 RFC 3339 时间",
@@ -131,13 +136,17 @@ def render_results(outcomes: list[Outcome], lang: str) -> dict[str, Any]:
 async def ingest_items(
     service: IngestService, items: list[Any], principal: Principal, retry_after_s: int, source: str | None
 ) -> list[Outcome]:
-    """Run the batch through the service; a bus outage becomes 503 with Retry-After."""
+    """Run the batch through the service; a bus outage or an unloaded registry becomes 503 with Retry-After."""
     try:
         return await service.ingest([from_json(x) for x in items], principal, source=source)
-    except BusUnavailable as exc:
-        raise ProblemError(
-            503, detail="ingest.bus_unavailable", retry_after=retry_after_s, params={"retry_after": retry_after_s}
-        ) from exc
+    except (BusUnavailable, RegistryNotReady) as exc:
+        raise unavailable(exc, retry_after_s) from exc
+
+
+def unavailable(exc: Exception, retry_after_s: int) -> ProblemError:
+    """503 with Retry-After for a passing outage (REST and gRPC): nothing was kept, retrying is safe."""
+    detail = "ingest.registry_unavailable" if isinstance(exc, RegistryNotReady) else "ingest.bus_unavailable"
+    return ProblemError(503, detail=detail, retry_after=retry_after_s, params={"retry_after": retry_after_s})
 
 
 @router.post(

@@ -14,7 +14,8 @@ from lifeline.kit.bus import BusUnavailable
 from lifeline.kit.problems import ProblemError
 from lifeline.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
-from .endpoints import READER_ROLES, WRITER_ROLES
+from .endpoints import READER_ROLES, WRITER_ROLES, unavailable
+from .registry import RegistryNotReady
 from .service import IngestQueries, IngestService, Outcome
 from .settings import IngestSettings
 from .validation import from_proto
@@ -41,15 +42,6 @@ def fill_results(response: Any, outcomes: list[Outcome], lang: str, offset: int 
             response.rejected += 1
 
 
-def _bus_problem(settings: IngestSettings) -> ProblemError:
-    return ProblemError(
-        503,
-        detail="ingest.bus_unavailable",
-        retry_after=settings.retry_after_s,
-        params={"retry_after": settings.retry_after_s},
-    )
-
-
 class TelemetryIngestServicer(telemetry_pb2_grpc.TelemetryIngestServicer):
     def __init__(self, service: IngestService, settings: IngestSettings) -> None:
         self.service = service
@@ -64,8 +56,8 @@ class TelemetryIngestServicer(telemetry_pb2_grpc.TelemetryIngestServicer):
             )
         try:
             return await self.service.ingest([from_proto(r) for r in readings], principal, source=peer)
-        except BusUnavailable as exc:
-            raise _bus_problem(self.settings) from exc
+        except (BusUnavailable, RegistryNotReady) as exc:
+            raise unavailable(exc, self.settings.retry_after_s) from exc
 
     async def IngestBatch(self, request: Any, context: Any) -> telemetry_pb2.IngestBatchResponse:
         if not request.readings:

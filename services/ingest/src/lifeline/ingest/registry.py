@@ -1,16 +1,39 @@
-"""The sensor registry ingest validates against.
+"""The sensor registry ingest validates against, and where it comes from.
 
-Loaded from a catalogue file for now; `apply` takes SensorSpec values one by one so that the assets
-service's change events can feed it later without changing the validation path.
+Two sources (setting ``registry``): the instance's assets service, which holds the census — a snapshot
+over gRPC ``AssetRegistry.ListSensors`` plus its ``SensorChanged`` events, newest version wins
+(:func:`follow_assets`, a :class:`lifeline.kit.mirror.Mirror`) — or a catalogue CSV file (tests, the
+bench, an instance without assets). Either way the registry gets SensorSpec values through ``apply``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lifeline.kit.catalogue import Quantity, QuantityCatalogue, SensorSpec, load_quantities, load_sensors
+import grpc.aio
+
+from lifeline.kit.auth import ClientCredentials
+from lifeline.kit.bus import Bus
+from lifeline.kit.catalogue import (
+    Quantity,
+    QuantityCatalogue,
+    SensorSpec,
+    load_quantities,
+    load_sensors,
+    region_contains,
+)
+from lifeline.kit.mirror import Mirror, grpc_pages
+from lifeline.v1 import assets_pb2, assets_pb2_grpc
+
+SENSOR_STATUS = {assets_pb2.ASSET_SENSOR_STATUS_ACTIVE: "active", assets_pb2.ASSET_SENSOR_STATUS_RETIRED: "retired"}
+# Largest page the assets service serves (its max_page); fewer round trips for a big census.
+SNAPSHOT_PAGE = 1000
+
+
+class RegistryNotReady(Exception):
+    """The registry has not been loaded from its source yet; the caller should retry later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +59,15 @@ class RegisteredSensor:
 
 
 class SensorRegistry:
-    def __init__(self, quantities: QuantityCatalogue) -> None:
+    def __init__(self, quantities: QuantityCatalogue, *, ready: Callable[[], bool] = lambda: True) -> None:
         self.quantities = quantities
         self._sensors: dict[str, RegisteredSensor] = {}
+        # False until the source has delivered the whole registry once (assets: the first snapshot).
+        self._ready = ready
+
+    @property
+    def ready(self) -> bool:
+        return self._ready()
 
     @classmethod
     def from_files(cls, sensors_file: Path | None, quantities_file: Path | None) -> SensorRegistry:
@@ -62,3 +91,60 @@ class SensorRegistry:
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._sensors.values())
+
+
+def spec_from_proto(sensor: assets_pb2.AssetSensor) -> SensorSpec:
+    """The SensorSpec of an assets AssetSensor (as in its events and ListSensors); ValueError if invalid."""
+    status = SENSOR_STATUS.get(sensor.status)
+    if status is None:
+        raise ValueError(f"sensor {sensor.sensor_id!r} has no status")
+    return SensorSpec(
+        sensor_id=sensor.sensor_id,
+        quantity=sensor.quantity,
+        unit=sensor.unit,
+        region=sensor.region,
+        facility_code=sensor.facility_code,
+        interval_s=sensor.interval_s,
+        lat=sensor.position.lat,
+        lon=sensor.position.lon,
+        status=status,
+        range_min=sensor.range_min if sensor.HasField("range_min") else None,
+        range_max=sensor.range_max if sensor.HasField("range_max") else None,
+    )
+
+
+def follow_assets(
+    registry: SensorRegistry,
+    *,
+    bus: Bus,
+    region: str,
+    channel: grpc.aio.Channel,
+    credentials: ClientCredentials,
+    resync_s: float,
+) -> Mirror[assets_pb2.AssetSensor]:
+    """A mirror keeping ``registry`` equal to the sensors of ``region`` in the assets service."""
+    stub = assets_pb2_grpc.AssetRegistryStub(channel)
+
+    def decode(data: bytes) -> assets_pb2.AssetSensor | None:
+        sensor = assets_pb2.SensorChanged.FromString(data).sensor
+        return sensor if region_contains(region, sensor.region) else None
+
+    async def snapshot() -> AsyncIterator[assets_pb2.AssetSensor]:
+        # Region-scoped by the service token's region claim; the filter keeps out a wider token's extras.
+        request = assets_pb2.ListSensorsRequest(limit=SNAPSHOT_PAGE)
+        async for sensor in grpc_pages(stub.ListSensors, request, items="sensors", credentials=credentials):
+            if region_contains(region, sensor.region):
+                yield sensor
+
+    return Mirror(
+        bus,
+        name=f"ingest-sensors-{region}",
+        # Assets publishes on events.assets.sensor.<the sensor's region> (a district of the city).
+        subject="events.assets.sensor.*",
+        decode=decode,
+        snapshot=snapshot,
+        key=lambda sensor: sensor.sensor_id,
+        version=lambda sensor: sensor.version,
+        apply=lambda sensor: registry.apply([spec_from_proto(sensor)]),
+        resync_s=resync_s,
+    )

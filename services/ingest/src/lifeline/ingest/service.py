@@ -28,7 +28,7 @@ from lifeline.v1 import telemetry_pb2
 
 from . import repository
 from .dedup import NEW, UNKNOWN, DedupIndex
-from .registry import RegisteredSensor, SensorRegistry
+from .registry import RegisteredSensor, RegistryNotReady, SensorRegistry
 from .validation import Candidate, Rejection, Validator
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,13 @@ class IngestService:
         *,
         source: str | None = None,
     ) -> list[Outcome]:
-        """Judge every reading; publish the accepted ones; raise BusUnavailable with nothing kept."""
+        """Judge every reading; publish the accepted ones; raise BusUnavailable with nothing kept.
+
+        Until the registry is loaded every sensor would look unknown: RegistryNotReady (retry later)
+        instead of rejections a client would take as final.
+        """
+        if not self.registry.ready:
+            raise RegistryNotReady("the sensor registry is not loaded yet")
         now = now_ms()
         outcomes: list[Outcome | None] = [None] * len(items)
         candidates: list[tuple[int, Candidate]] = []

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from lifeline.kit.config import ServiceSettings
@@ -20,8 +20,15 @@ class IngestSettings(ServiceSettings):
     roles: str = "front,storage"
     http_port: int = 8101
     grpc_port: int = 9101
-    # Sensor registry: a catalogue file until the assets service feeds it with change events.
+    # Where the sensor registry comes from: "assets" (the instance's assets service: a snapshot over gRPC,
+    # then its change events) or "file" (`sensors_file`). Unset: "file" if a sensors file is given, else
+    # "assets" — a city instance runs assets, so that is the default there.
+    registry: Literal["assets", "file"] | None = None
     sensors_file: Path | None = None
+    # The assets service's gRPC address (its default port); the launcher sets it when it runs assets.
+    assets_grpc: str = "127.0.0.1:9102"
+    # A fresh snapshot this often, as a safety net beside the change events.
+    registry_resync_s: float = 600.0
     quantities_file: Path | None = None
     max_batch: int = 5000
     max_body_bytes: int = 4 * 1024 * 1024
@@ -44,6 +51,16 @@ class IngestSettings(ServiceSettings):
         if not roles or not roles <= {"front", "storage"}:
             raise ValueError(f"roles must be front, storage or both, got {v!r}")
         return ",".join(sorted(roles))
+
+    @model_validator(mode="after")
+    def _registry_source(self) -> IngestSettings:
+        if self.registry is None:
+            self.registry = "file" if self.sensors_file is not None else "assets"
+        elif self.registry == "file" and self.sensors_file is None:
+            raise ValueError("registry 'file' needs sensors_file (LIFELINE_INGEST_SENSORS_FILE)")
+        elif self.registry == "assets" and self.sensors_file is not None:
+            raise ValueError("registry 'assets' takes no sensors_file; unset one of them")
+        return self
 
     def has_role(self, role: str) -> bool:
         """Whether this process plays `role` (front or storage)."""
