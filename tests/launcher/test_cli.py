@@ -120,8 +120,9 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 def test_run_refuses_what_the_tier_does_not_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["run", "--tier", "province", "--region", "340000", "--services", "ingest"]) == 2
     assert "does not run at the province tier" in capsys.readouterr().err
-    assert cli.main(["run", "--tier", "national", "--region", "100000"]) == 2
-    assert "nothing to run" in capsys.readouterr().err
+    # alerts runs at every tier now, so "all" always finds something; a city service still does not run above.
+    assert cli.main(["run", "--tier", "national", "--region", "100000", "--services", "assets"]) == 2
+    assert "does not run at the national tier" in capsys.readouterr().err
 
 
 # ─────────────────────────────── registry and tiers ───────────────────────────────
