@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -108,10 +108,6 @@ class Mirror(Generic[T]):
         self.versions[key] = version
         self.applied += 1
         return True
-
-    def offer_all(self, items: Iterable[T]) -> int:
-        """Offer every item; the number applied."""
-        return sum(self.offer(item) for item in items)
 
     def start(self) -> asyncio.Task[None]:
         """Follow and snapshot in a task until stop()."""
