@@ -516,9 +516,7 @@ class Simulator:
                 return True
         return False
 
-    def _rain_response(
-        self, t_ms: float, tau_ms: float, window_ms: float, step_ms: float, cap: float
-    ) -> float:
+    def _rain_response(self, t_ms: float, tau_ms: float, window_ms: float, step_ms: float, cap: float) -> float:
         """Sum of rain above ``cap`` over the past window, exponentially forgotten (mm)."""
         if not self._rained_within(t_ms, window_ms):
             return 0.0
@@ -549,9 +547,7 @@ class Simulator:
         for blk in (b - 1, b):
             if _u(s.key, "drop", blk) < f.dropout_rate:
                 start = blk * block_ms + int(_u(s.key, "drop-start", blk) * block_ms)
-                dur = (
-                    f.dropout_min_s + (f.dropout_max_s - f.dropout_min_s) * _u(s.key, "drop-dur", blk)
-                ) * 1000
+                dur = (f.dropout_min_s + (f.dropout_max_s - f.dropout_min_s) * _u(s.key, "drop-dur", blk)) * 1000
                 if start <= t_ms < start + dur:
                     return True
         return False
@@ -573,11 +569,7 @@ class Simulator:
         d = self._local_day(t)
         for day in (d - 1, d):
             if _u(self._city, f"cover:{facility}", day) < f.cover_open_rate:
-                start = (
-                    day * DAY_MS
-                    - self.offset_ms
-                    + int(_u(self._city, f"cover-start:{facility}", day) * DAY_MS)
-                )
+                start = day * DAY_MS - self.offset_ms + int(_u(self._city, f"cover-start:{facility}", day) * DAY_MS)
                 dur = (10 + 30 * _u(self._city, f"cover-dur:{facility}", day)) * MINUTE_MS
                 if start <= t < start + dur:
                     return True
@@ -652,9 +644,7 @@ class Simulator:
                 v *= 1 - self._gas.pressure_deviation_pct / 100 * self._gas_shape(t)
             return v
         if code == "water.pressure":
-            v = p["p0"] * (
-                1 + 0.06 * (0.7 - _water_demand(h)) + 0.008 * _smooth(key, "drift", t, 2 * HOUR_MS)
-            )
+            v = p["p0"] * (1 + 0.06 * (0.7 - _water_demand(h)) + 0.008 * _smooth(key, "drift", t, 2 * HOUR_MS))
             v *= 1 + 0.004 * n
             w = self._burst_weight(s)
             if w:
@@ -726,9 +716,7 @@ class Simulator:
         if code == "utility_tunnel.h2s":
             return p["b"] + 0.1 * abs(_smooth(key, "drift", t, 2 * HOUR_MS)) + 0.02 * abs(n)
         if code == "utility_tunnel.temperature":
-            return (
-                19 + 0.45 * (self.outdoor_temp(t, daily=False) - 16.5) + 0.3 * _smooth(key, "d", t, HOUR_MS)
-            )
+            return 19 + 0.45 * (self.outdoor_temp(t, daily=False) - 16.5) + 0.3 * _smooth(key, "d", t, HOUR_MS)
         if code == "utility_tunnel.ch4":
             return max(0.0, p["bg"] * 0.5 + 0.2 * _smooth(key, "drift", t, 2 * HOUR_MS) + 0.1 * n)
         if code == "road.settlement":
@@ -926,9 +914,7 @@ class _Poster:
             wait: float | None = None
             try:
                 token = await self.token_provider()
-                resp = await self.client.post(
-                    self.url, json=body, headers={"Authorization": f"Bearer {token}"}
-                )
+                resp = await self.client.post(self.url, json=body, headers={"Authorization": f"Bearer {token}"})
             except httpx.TransportError as exc:
                 log.warning("simulator: %s posting %d readings; retrying", type(exc).__name__, len(batch))
                 wait = backoff
