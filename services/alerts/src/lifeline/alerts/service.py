@@ -585,6 +585,10 @@ class AlertsService:
     async def check_overdue(self) -> int:
         """Mark alerts past their step's time limit SUPERVISED and publish ``overdue`` (the timer's job)."""
         now = self.clock()
+        # Look first without the write lock: most runs find nothing due, and must not queue behind evaluation.
+        async with self.db.transaction(readonly=True) as session:
+            if not await repository.due_alerts(session=session, now_ms=now, limit=1):
+                return 0
         async with self.db.transaction() as session:
             rows = await repository.due_alerts(session=session, now_ms=now)
             for row in rows:

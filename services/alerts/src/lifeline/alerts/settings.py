@@ -21,8 +21,9 @@ class AlertsSettings(ServiceSettings):
     # An operator's alert policy overlaid on the packaged one (time limits, `for` durations, margins, roles).
     policy_file: Path | None = None
     max_page: int = 1000
-    # Readings are evaluated in batches: one transaction per pull, however many readings it carries.
+    # Readings are evaluated in batches: one transaction per pull, however many readings it carries. No
+    # linger: ingest already batches readings (hundreds per message) and most batches write nothing.
     consumer_batch: int = 64
-    consumer_linger_s: float = 0.005
+    consumer_linger_s: float = 0.0
     # How often the workflow's time limits are checked.
     timer_interval_s: float = 5.0
