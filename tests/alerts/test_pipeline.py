@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 from lifeline.alerts.app import AlertsApp
+from lifeline.alerts.settings import AlertsSettings
+from lifeline.kit.bus import Bus
+from lifeline.kit.testing.service import reset_streams
 from lifeline.v1 import alerts_pb2 as P
 from lifeline.v1 import common_pb2, telemetry_pb2
 
-from .helpers import OPERATOR, EventReader, fresh_ids, publish_census, publish_readings
+from .helpers import (
+    OPERATOR,
+    EventReader,
+    batch,
+    census_payloads,
+    fresh_ids,
+    publish_census,
+    publish_readings,
+    wait_until,
+)
 
 S = 1000
 
@@ -60,3 +72,31 @@ async def test_a_reading_raises_escalates_and_clears_one_alert(alerts: AlertsApp
     # The same readings again (a redelivery after a crash before the ack): nothing new.
     await publish_readings(alerts, [(sid, t0 + 30 * S, 6.5), (sid, t0 + 40 * S, 60.0)])
     await events.none()
+
+
+async def test_readings_waiting_on_the_stream_at_start_are_evaluated_after_the_census(
+    service_runner, nats_server, alerts_settings: AlertsSettings
+) -> None:
+    # Everything is on the streams before alerts starts: the sensor's event and, after it, its readings.
+    if not nats_server.running:
+        nats_server.start()
+    bus = Bus(nats_server.url, name="alerts-test-feed")
+    await bus.start()
+    try:
+        await bus.wait_ready(10)
+        await reset_streams(bus)
+        code, serial = fresh_ids()
+        sid = f"CH4-{serial}"
+        for entity, payload in census_payloads(code, {sid: "gas.ch4"}):
+            await bus.publish(f"events.assets.{entity}.340104", payload, msg_id=f"{entity}:{serial}")
+        t0 = 1_760_000_000_000
+        await bus.publish("readings.340100", batch([(sid, t0, 60.0), (sid, t0 + 30 * S, 60.0)]).SerializeToString())
+    finally:
+        await bus.close()
+    alerts: AlertsApp = await service_runner(AlertsApp, alerts_settings, reset=False)
+
+    async def raised() -> bool:
+        items, _ = await alerts.service.list_alerts(principal=OPERATOR)
+        return any(a["sensor_id"] == sid and a["level"] == "I" for a in items)
+
+    await wait_until(raised)

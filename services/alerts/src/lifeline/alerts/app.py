@@ -15,7 +15,15 @@ from lifeline.kit.http import create_http_app
 from lifeline.kit.runtime import Periodic, Service
 from lifeline.v1 import alerts_pb2_grpc
 
-from .consumers import ASSETS_SUBJECT, READINGS_SUBJECT, STATUS_SUBJECT, AssetsHandler, ReadingsHandler, StatusHandler
+from .consumers import (
+    ASSETS_SUBJECT,
+    READINGS_SUBJECT,
+    STATUS_SUBJECT,
+    AssetsHandler,
+    CensusGate,
+    ReadingsHandler,
+    StatusHandler,
+)
 from .endpoints import router
 from .notify.wiring import NotifyParts
 from .policy import load_policy
@@ -43,23 +51,26 @@ class AlertsApp(Service):
             db=self.db,
         )
         await self.service.load()
+        census = PullConsumer(
+            self.bus,
+            stream="EVENTS",
+            durable=f"alerts-assets-{region}",
+            filter_subject=ASSETS_SUBJECT,
+            handler=AssetsHandler(self.service),
+            batch=256,
+            fetch_timeout=0.25,
+        )
         # The census first: a sensor's context should be known before its readings are evaluated.
+        gate = CensusGate(census)
         self.background += [
-            PullConsumer(
-                self.bus,
-                stream="EVENTS",
-                durable=f"alerts-assets-{region}",
-                filter_subject=ASSETS_SUBJECT,
-                handler=AssetsHandler(self.service),
-                batch=256,
-                fetch_timeout=0.25,
-            ),
+            census,
+            gate,
             PullConsumer(
                 self.bus,
                 stream="READINGS",
                 durable=f"alerts-readings-{region}",
                 filter_subject=READINGS_SUBJECT,
-                handler=ReadingsHandler(self.service),
+                handler=ReadingsHandler(self.service, gate),
                 batch=s.consumer_batch,
                 linger=s.consumer_linger_s,
                 fetch_timeout=0.25,
@@ -69,7 +80,7 @@ class AlertsApp(Service):
                 stream="EVENTS",
                 durable=f"alerts-status-{region}",
                 filter_subject=STATUS_SUBJECT,
-                handler=StatusHandler(self.service),
+                handler=StatusHandler(self.service, gate),
                 batch=256,
                 fetch_timeout=0.25,
             ),

@@ -6,30 +6,79 @@ service's transaction committed (a failure nak's it and the engine was rolled ba
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from nats.aio.msg import Msg
 
+from lifeline.kit.bus import PullConsumer
 from lifeline.v1 import telemetry_pb2
 
 from .service import AlertsService
+
+log = logging.getLogger(__name__)
 
 READINGS_SUBJECT = "readings.>"
 STATUS_SUBJECT = "events.ingest.sensor_status.>"
 ASSETS_SUBJECT = "events.assets.>"
 
 
+class CensusGate:
+    """Holds readings back at start until the census consumer has caught up.
+
+    A reading of a sensor alerts does not know yet is skipped, not retried; so on a fresh start the
+    sensors' events already on the stream are applied first (waiting at most ``timeout`` seconds).
+    """
+
+    def __init__(self, census: PullConsumer, timeout: float = 10.0) -> None:
+        self.census = census
+        self.timeout = timeout
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="alerts-census-gate")
+        return self._task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while loop.time() < deadline:
+            with contextlib.suppress(Exception):  # the durable does not exist until its first pull
+                if await self.census.pending() == 0:
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            log.warning("census not caught up after %.0f s; evaluating readings anyway", self.timeout)
+        self.ready.set()
+
+    async def stop(self) -> None:
+        self.ready.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class ReadingsHandler:
-    def __init__(self, service: AlertsService) -> None:
+    def __init__(self, service: AlertsService, gate: CensusGate) -> None:
         self.service = service
+        self.gate = gate
 
     async def __call__(self, msgs: list[Msg]) -> None:
+        await self.gate.ready.wait()
         await self.service.evaluate([telemetry_pb2.ReadingsAccepted.FromString(m.data) for m in msgs])
 
 
 class StatusHandler:
-    def __init__(self, service: AlertsService) -> None:
+    def __init__(self, service: AlertsService, gate: CensusGate) -> None:
         self.service = service
+        self.gate = gate
 
     async def __call__(self, msgs: list[Msg]) -> None:
+        await self.gate.ready.wait()
         await self.service.apply_status([telemetry_pb2.SensorStatusChanged.FromString(m.data) for m in msgs])
 
 

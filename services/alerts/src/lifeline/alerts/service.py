@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -113,13 +113,12 @@ def _higher_is_worse(change: Change) -> bool:
     return not change.rule.conditions or change.rule.conditions[0].direction != "below"
 
 
-def alert_public(row: Any) -> dict[str, Any]:
-    d = dict(row._mapping)
-    d.pop("is_open", None)
-    d.pop("seq", None)
-    d.pop("state_ms", None)
-    d.pop("first_device_time_ms", None)
-    return d
+_INTERNAL = frozenset({"is_open", "seq", "state_ms"})
+
+
+def alert_public(alert: Mapping[str, Any]) -> dict[str, Any]:
+    """An alert row or dict without its bookkeeping columns."""
+    return {k: v for k, v in alert.items() if k not in _INTERNAL}
 
 
 def history_public(row: Any) -> dict[str, Any]:
@@ -533,11 +532,8 @@ class AlertsService:
                 "attachments": attachments or [],
             }
             if to_state is State.DISPATCHED:
-                unit = unit_id or (
-                    self.engine.facilities.get(row.facility_code).unit_id
-                    if row.facility_code in self.engine.facilities
-                    else ""
-                )  # type: ignore[union-attr]
+                facility = self.engine.facilities.get(row.facility_code)
+                unit = unit_id or (facility.unit_id if facility is not None else "")
                 if not unit:
                     raise invalid_field("unit_id", "alerts.no_unit", facility=row.facility_code)
                 values["unit_id"] = unit
@@ -574,7 +570,7 @@ class AlertsService:
             source=source,
         )
         history = entry | {"seq": alert["seq"], "kind": kind, "at_ms": alert["updated_ms"], "actor": principal.subject}
-        return alert_public_dict(alert), history
+        return alert_public(alert), history
 
     def _forget_alert(self, fingerprint: str, alert_id: str) -> None:
         """A closed alert no longer takes breaches; the rule state keeps firing until the condition clears."""
@@ -649,7 +645,7 @@ class AlertsService:
                 after=after,
                 limit=limit + 1,
             )
-        items = [alert_public(r) for r in rows[:limit]]
+        items = [alert_public(r._mapping) for r in rows[:limit]]
         token = None
         if len(rows) > limit:
             last = rows[limit - 1]
@@ -664,7 +660,7 @@ class AlertsService:
                 raise _not_found("alert", alert_id)
             self._visible(row.region, principal, action="alert.read", resource=f"alerts/{alert_id}", source=source)
             history = await repository.history(session=session, alert_id=alert_id)
-        return alert_public(row) | {"history": [history_public(h) for h in history]}
+        return alert_public(row._mapping) | {"history": [history_public(h) for h in history]}
 
     # --- rules --------------------------------------------------------------------------------------
 
@@ -897,10 +893,6 @@ class AlertsService:
 
 def _num(v: float) -> float | None:
     return None if math.isnan(v) else v
-
-
-def alert_public_dict(alert: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in alert.items() if k not in ("is_open", "seq", "state_ms", "first_device_time_ms")}
 
 
 def _rule_row(doc: dict[str, Any]) -> dict[str, Any]:
