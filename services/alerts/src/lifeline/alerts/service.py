@@ -304,7 +304,7 @@ class AlertsService:
                     session,
                     open_row,
                     kind="cleared",
-                    values={"condition": "cleared", "cleared_ms": ch.at_ms, "last_value": _num(ch.value)},
+                    values={"condition": "cleared", "cleared_ms": now, "last_value": _num(ch.value)},
                     entry={"value": _num(ch.value)},
                     reading_time_ms=ch.at_ms,
                 )
