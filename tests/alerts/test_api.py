@@ -17,12 +17,12 @@ async def test_rest_list_get_transition_and_refusals(
     alerts: AlertsApp, client: httpx.AsyncClient, token_factory
 ) -> None:
     alert_id = await raise_alert(alerts.service)
-    page = (await client.get("/api/v1/alerts", params={"level": "IV", "state": "raised", "domain": "gas"})).json()
+    page = (await client.get("/v1/alerts", params={"level": "IV", "state": "raised", "domain": "gas"})).json()
     assert [a["id"] for a in page["alerts"]] == [alert_id]
-    assert (await client.get("/api/v1/alerts", params={"level": "I"})).json()["alerts"] == []
-    r = await client.post(f"/api/v1/alerts/{alert_id}/transitions", json={"to_state": "verifying", "comment": "研判中"})
+    assert (await client.get("/v1/alerts", params={"level": "I"})).json()["alerts"] == []
+    r = await client.post(f"/v1/alerts/{alert_id}/transitions", json={"to_state": "verifying", "comment": "研判中"})
     assert r.status_code == 200 and r.json()["state"] == "verifying"
-    detail = (await client.get(f"/api/v1/alerts/{alert_id}")).json()
+    detail = (await client.get(f"/v1/alerts/{alert_id}")).json()
     assert [h["kind"] for h in detail["history"]] == ["raised", "transitioned"]
     assert detail["history"][1]["comment"] == "研判中"
     await _problems_in_chinese_and_english(client, await raise_alert(alerts.service))
@@ -30,18 +30,18 @@ async def test_rest_list_get_transition_and_refusals(
 
 
 async def _problems_in_chinese_and_english(client: httpx.AsyncClient, alert_id: str) -> None:
-    r = await client.post(f"/api/v1/alerts/{alert_id}/transitions", json={"to_state": "closed"})
+    r = await client.post(f"/v1/alerts/{alert_id}/transitions", json={"to_state": "closed"})
     assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json")
     assert "不能转为" in r.json()["detail"]
     r = await client.post(
-        f"/api/v1/alerts/{alert_id}/transitions", json={"to_state": "closed"}, headers={"Accept-Language": "en"}
+        f"/v1/alerts/{alert_id}/transitions", json={"to_state": "closed"}, headers={"Accept-Language": "en"}
     )
     assert r.json()["detail"] == "the alert is raised and cannot move to closed (allowed: verifying)"
-    r = await client.post(f"/api/v1/alerts/{alert_id}/transitions", json={"to_state": "nowhere"})
+    r = await client.post(f"/v1/alerts/{alert_id}/transitions", json={"to_state": "nowhere"})
     assert r.status_code == 422
-    r = await client.get("/api/v1/alerts/no-such-alert", headers={"Accept-Language": "en"})
+    r = await client.get("/v1/alerts/no-such-alert", headers={"Accept-Language": "en"})
     assert r.status_code == 404 and r.json()["detail"] == "alert no-such-alert does not exist"
-    detail = (await client.get(f"/api/v1/alerts/{alert_id}")).json()
+    detail = (await client.get(f"/v1/alerts/{alert_id}")).json()
     assert detail["state"] == "raised" and len(detail["history"]) == 1  # refusals changed nothing
 
 
@@ -50,14 +50,14 @@ async def _viewers_read_and_cannot_act(alerts: AlertsApp, token_factory, alert_i
     for client_id, can_see in (("viewer-340000", True), ("viewer-340200", False), ("partner-340100", True)):
         token = await token_factory(client_id)
         async with httpx.AsyncClient(base_url=alerts.http.url, headers={"Authorization": f"Bearer {token}"}) as c:
-            page = (await c.get("/api/v1/alerts")).json()
+            page = (await c.get("/v1/alerts")).json()
             assert (alert_id in [a["id"] for a in page["alerts"]]) is can_see
-            r = await c.post(f"/api/v1/alerts/{alert_id}/transitions", json={"to_state": "confirmed"})
+            r = await c.post(f"/v1/alerts/{alert_id}/transitions", json={"to_state": "confirmed"})
             assert r.status_code == 403
 
 
 async def test_rules_crud_with_validation_and_history(alerts: AlertsApp, client: httpx.AsyncClient) -> None:
-    defaults = (await client.get("/api/v1/rules", params={"quantity": "gas.ch4", "origin": "catalogue"})).json()
+    defaults = (await client.get("/v1/rules", params={"quantity": "gas.ch4", "origin": "catalogue"})).json()
     [ch4] = defaults["rules"]
     assert ch4["id"] == "catalogue:gas.ch4:value" and ch4["conditions"][0]["levels"]["I"] == 50.0
     assert ch4["for_s"] == 30  # the policy's gas duration
@@ -65,10 +65,10 @@ async def test_rules_crud_with_validation_and_history(alerts: AlertsApp, client:
         "name": "x",
         "conditions": [{"quantity": "gas.ch4", "direction": "above", "levels": {"IV": 10.0, "III": 5.0}}],
     }
-    r = await client.post("/api/v1/rules", json=bad, headers={"Accept-Language": "en"})
+    r = await client.post("/v1/rules", json=bad, headers={"Accept-Language": "en"})
     assert r.status_code == 422 and "increase from IV to I" in r.json()["detail"]
     r = await client.post(
-        "/api/v1/rules", json={**bad, "conditions": [{**bad["conditions"][0], "quantity": "gas.nope"}]}
+        "/v1/rules", json={**bad, "conditions": [{**bad["conditions"][0], "quantity": "gas.nope"}]}
     )
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "conditions[0].quantity"
     good = {
@@ -78,16 +78,16 @@ async def test_rules_crud_with_validation_and_history(alerts: AlertsApp, client:
         "conditions": [{"quantity": "gas.ch4", "levels": {"II": 20.0, "I": 25.0}}],
         "for_s": 10,
     }
-    r = await client.post("/api/v1/rules", json=good)
+    r = await client.post("/v1/rules", json=good)
     assert r.status_code == 201 and r.json()["version"] == 1
-    assert (await client.post("/api/v1/rules", json=good)).status_code == 409
-    r = await client.patch("/api/v1/rules/tunnel-ch4", json={"for_s": 20, "expected_version": 1})
+    assert (await client.post("/v1/rules", json=good)).status_code == 409
+    r = await client.patch("/v1/rules/tunnel-ch4", json={"for_s": 20, "expected_version": 1})
     assert r.status_code == 200 and r.json()["version"] == 2
-    r = await client.patch("/api/v1/rules/tunnel-ch4", json={"for_s": 30, "expected_version": 1})
+    r = await client.patch("/v1/rules/tunnel-ch4", json={"for_s": 30, "expected_version": 1})
     assert r.status_code == 409
-    assert (await client.patch("/api/v1/rules/catalogue:gas.ch4:value", json={"for_s": 1})).status_code == 409
-    assert (await client.delete("/api/v1/rules/tunnel-ch4")).status_code == 204
-    assert (await client.get("/api/v1/rules/tunnel-ch4")).status_code == 404
+    assert (await client.patch("/v1/rules/catalogue:gas.ch4:value", json={"for_s": 1})).status_code == 409
+    assert (await client.delete("/v1/rules/tunnel-ch4")).status_code == 204
+    assert (await client.get("/v1/rules/tunnel-ch4")).status_code == 404
     assert "tunnel-ch4" not in alerts.service.engine.api_rules
 
 

@@ -66,7 +66,7 @@ async def sse(app: AlertsApp, token_factory) -> AsyncIterator[Any]:
         client = httpx.AsyncClient(base_url=base, timeout=30)
         ctx = client.stream(
             "GET",
-            "/api/v1/alerts/stream",
+            "/v1/alerts/stream",
             params=params,
             headers={"Authorization": f"Bearer {token}", **(headers or {})},
         )
@@ -129,7 +129,7 @@ async def test_sse_refuses_bad_requests(app: AlertsApp, token_factory) -> None:
     assert app.http is not None
     token = await token_factory("operator-340100")
     async with httpx.AsyncClient(base_url=app.http.url, timeout=10) as c:
-        r = await c.get("/api/v1/alerts/stream")
+        r = await c.get("/v1/alerts/stream")
         assert r.status_code == 401
         auth = {"Authorization": f"Bearer {token}"}
         for params, field in (
@@ -137,13 +137,13 @@ async def test_sse_refuses_bad_requests(app: AlertsApp, token_factory) -> None:
             ({"min_level": "V"}, "min_level"),
             ({"kind": "x"}, "kind"),
         ):
-            r = await c.get("/api/v1/alerts/stream", params=params, headers=auth)
+            r = await c.get("/v1/alerts/stream", params=params, headers=auth)
             assert r.status_code == 422, r.text
             assert r.headers["content-type"].startswith("application/problem+json")
             assert any(field in e["field"] for e in r.json()["errors"])
-        r = await c.get("/api/v1/alerts/stream", params={"domain": "lava"}, headers=auth)
+        r = await c.get("/v1/alerts/stream", params={"domain": "lava"}, headers=auth)
         assert "未知的设施类别" in r.json()["errors"][0]["reason"]
-        r = await c.get("/api/v1/alerts/stream", params={"domain": "lava"}, headers={**auth, "Accept-Language": "en"})
+        r = await c.get("/v1/alerts/stream", params={"domain": "lava"}, headers={**auth, "Accept-Language": "en"})
         assert "unknown facility kind" in r.json()["errors"][0]["reason"]
 
 

@@ -153,13 +153,13 @@ async def publish(app: AlertsApp, events: list[tuple[str, int, dict[str, Any]]])
 
 
 async def create_hook(client: httpx.AsyncClient, url: str, **extra: Any) -> dict[str, Any]:
-    r = await client.post("/api/v1/webhooks", json={"name": "短信网关", "url": url, "secret": SECRET, **extra})
+    r = await client.post("/v1/webhooks", json={"name": "短信网关", "url": url, "secret": SECRET, **extra})
     assert r.status_code == 201, r.text
     return r.json()
 
 
 async def deliveries(client: httpx.AsyncClient, hook_id: str, **params: Any) -> list[dict[str, Any]]:
-    r = await client.get(f"/api/v1/webhooks/{hook_id}/deliveries", params=params)
+    r = await client.get(f"/v1/webhooks/{hook_id}/deliveries", params=params)
     assert r.status_code == 200, r.text
     return r.json()["deliveries"]
 
@@ -174,7 +174,7 @@ async def test_receiver_down_then_up_delivers_each_once_in_order(
     hook = await create_hook(client, receiver.url)
     # The secret is shown once, at creation.
     assert hook["secret"] == SECRET
-    assert (await client.get(f"/api/v1/webhooks/{hook['id']}")).json()["secret"] is None
+    assert (await client.get(f"/v1/webhooks/{hook['id']}")).json()["secret"] is None
     a, b, other, quiet = fresh(4)
     events = [
         ("raised", 1, alert_doc(a)),
@@ -242,7 +242,7 @@ async def test_receiver_down_then_up_delivers_each_once_in_order(
     retried = log[f"alert:{a}:2"]["attempt_log"]
     assert [(x["status_code"], x["outcome"]) for x in retried] == [(500, "retry"), (204, "delivered")]
     assert log[f"alert:{a}:1"]["attempt_log"][-1]["status_code"] == 204
-    counts = (await client.get(f"/api/v1/webhooks/{hook['id']}")).json()["deliveries"]
+    counts = (await client.get(f"/v1/webhooks/{hook['id']}")).json()["deliveries"]
     assert counts == {"delivered": 5}
 
 
@@ -265,7 +265,7 @@ async def test_dead_after_max_attempts_then_redelivered(
 
     await receiver.start()
     dead = {d["event_id"]: d for d in await deliveries(client, hook["id"])}
-    r = await client.post(f"/api/v1/webhooks/{hook['id']}/deliveries/{dead[first]['id']}/redeliver")
+    r = await client.post(f"/v1/webhooks/{hook['id']}/deliveries/{dead[first]['id']}/redeliver")
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "pending"
 
@@ -281,10 +281,10 @@ async def test_dead_after_max_attempts_then_redelivered(
 
     # Only a dead delivery can be redelivered.
     r = await client.post(
-        f"/api/v1/webhooks/{hook['id']}/deliveries/{log[first]['id']}/redeliver", headers={"Accept-Language": "en"}
+        f"/v1/webhooks/{hook['id']}/deliveries/{log[first]['id']}/redeliver", headers={"Accept-Language": "en"}
     )
     assert r.status_code == 409 and "only given-up" in r.json()["detail"]
-    r = await client.post(f"/api/v1/webhooks/{hook['id']}/deliveries/nope/redeliver")
+    r = await client.post(f"/v1/webhooks/{hook['id']}/deliveries/nope/redeliver")
     assert r.status_code == 404
 
 
@@ -337,40 +337,40 @@ async def test_subscription_validation_roles_and_scope(
         ({"url": "https://example.com", "colour": "red"}, "colour"),
     ]
     for extra, field in bad:
-        r = await client.post("/api/v1/webhooks", json={"name": "x", **extra})
+        r = await client.post("/v1/webhooks", json={"name": "x", **extra})
         assert r.status_code == 422, (extra, r.text)
         body = r.json()
         assert r.headers["content-type"].startswith("application/problem+json")
         assert field in [e["field"].removeprefix("body.") for e in body["errors"]], (extra, body)
-    r = await client.post("/api/v1/webhooks", json={"name": "x", "url": "ftp://example.com/x"})
+    r = await client.post("/v1/webhooks", json={"name": "x", "url": "ftp://example.com/x"})
     assert "http 或 https" in r.json()["errors"][0]["reason"]
     r = await client.post(
-        "/api/v1/webhooks", json={"name": "x", "url": "ftp://example.com/x"}, headers={"Accept-Language": "en"}
+        "/v1/webhooks", json={"name": "x", "url": "ftp://example.com/x"}, headers={"Accept-Language": "en"}
     )
     assert "http or https URL" in r.json()["errors"][0]["reason"]
     # Another city's region: forbidden; nothing was created by any of it.
-    r = await client.post("/api/v1/webhooks", json={"name": "x", "url": "https://example.com", "region": "340200"})
+    r = await client.post("/v1/webhooks", json={"name": "x", "url": "https://example.com", "region": "340200"})
     assert r.status_code == 403
-    assert (await client.get("/api/v1/webhooks")).json() == {"webhooks": []}
+    assert (await client.get("/v1/webhooks")).json() == {"webhooks": []}
 
     # Viewers read alerts but do not manage webhooks; another city does not see ours.
     hook = await create_hook(client, "https://partner.example.com/in", region="340104")
     assert hook["secret"] == SECRET and hook["region"] == "340104" and hook["version"] == 1
     for client_id, status in (("viewer-340200", 403), ("viewer-340000", 403)):
         token = await token_factory(client_id)
-        r = await client.get("/api/v1/webhooks", headers={"Authorization": f"Bearer {token}"})
+        r = await client.get("/v1/webhooks", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == status
     svc = await token_factory("svc")
-    r = await client.get(f"/api/v1/webhooks/{hook['id']}", headers={"Authorization": f"Bearer {svc}"})
+    r = await client.get(f"/v1/webhooks/{hook['id']}", headers={"Authorization": f"Bearer {svc}"})
     assert r.status_code == 200 and r.json()["secret"] is None
 
     # Update with optimistic concurrency, then delete.
-    r = await client.patch(f"/api/v1/webhooks/{hook['id']}", json={"enabled": False, "expected_version": 1})
+    r = await client.patch(f"/v1/webhooks/{hook['id']}", json={"enabled": False, "expected_version": 1})
     assert r.status_code == 200 and r.json()["enabled"] is False and r.json()["version"] == 2
-    r = await client.patch(f"/api/v1/webhooks/{hook['id']}", json={"enabled": True, "expected_version": 1})
+    r = await client.patch(f"/v1/webhooks/{hook['id']}", json={"enabled": True, "expected_version": 1})
     assert r.status_code == 409
-    r = await client.patch(f"/api/v1/webhooks/{hook['id']}", json={"url": "gopher://x"})
+    r = await client.patch(f"/v1/webhooks/{hook['id']}", json={"url": "gopher://x"})
     assert r.status_code == 422
-    assert (await client.get(f"/api/v1/webhooks/{hook['id']}")).json()["url"] == "https://partner.example.com/in"
-    assert (await client.delete(f"/api/v1/webhooks/{hook['id']}")).status_code == 204
-    assert (await client.get(f"/api/v1/webhooks/{hook['id']}")).status_code == 404
+    assert (await client.get(f"/v1/webhooks/{hook['id']}")).json()["url"] == "https://partner.example.com/in"
+    assert (await client.delete(f"/v1/webhooks/{hook['id']}")).status_code == 204
+    assert (await client.get(f"/v1/webhooks/{hook['id']}")).status_code == 404

@@ -27,7 +27,7 @@ from .schemas import (
 from .service import MAX_PAGE, AlertsService
 from .workflow import State
 
-router = APIRouter(prefix="/api/v1", tags=["alerts"])
+router = APIRouter(prefix="/v1", tags=["alerts"])
 
 
 # async on purpose: FastAPI runs a plain `def` dependency in its thread pool.

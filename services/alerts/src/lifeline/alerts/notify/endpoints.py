@@ -28,7 +28,7 @@ from .schemas import (
 )
 from .service import MAX_PAGE, Notifications, domain_number, event_body
 
-router = APIRouter(prefix="/api/v1", tags=["notifications"])
+router = APIRouter(prefix="/v1", tags=["notifications"])
 
 
 # async on purpose: FastAPI runs a plain `def` dependency in its thread pool.
