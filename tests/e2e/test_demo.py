@@ -1,5 +1,6 @@
 """Smoke test of `lifeline demo`: NATS, the dev identity provider, the city instance and the simulator
-run together as a user would start them, and readings end up stored."""
+run together as a user would start them; the census goes into assets first, ingest learns its sensors from
+assets, and the simulator's readings are accepted (none refused) and stored."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import psutil
 import pytest
 
 from lifeline.kit.devidp import find_dev_idp_dir
+from lifeline.launcher.census import packaged_dir, read_census
 
 LIFELINE = Path(sys.executable).parent / "lifeline"
 
@@ -61,6 +63,16 @@ def test_demo_runs_and_stores_readings(tmp_path: Path) -> None:
     issuer = re.search(r"OIDC issuer\s+(\S+)", out)
     assert issuer and issuer.group(1).endswith("/realms/lifeline")
 
+    # The census is imported into assets and ingest knows all its sensors before the simulator starts.
+    census = read_census(packaged_dir(), "340100")
+    lines = out.splitlines()
+    loaded = next(i for i, line in enumerate(lines) if "普查数据已载入 sample census loaded" in line)
+    created = re.search(r"sensors (\d+)/(\d+)/(\d+)", lines[loaded])
+    assert created and int(created.group(1)) == len(census["sensors"]), lines[loaded]
+    synced = next(i for i, line in enumerate(lines) if "接入服务已同步传感器 ingest knows all" in line)
+    assert f"knows all {len(census['sensors'])} sensors" in lines[synced]
+    assert loaded < synced < next(i for i, line in enumerate(lines) if line.startswith("剧本 Scenario"))
+
     # Progress lines: readings accepted and stored grow, sensors come online.
     progress = [line for line in out.splitlines() if "入库 stored" in line and line.startswith("[")]
     assert len(progress) >= 3, out[-4000:]
@@ -68,6 +80,19 @@ def test_demo_runs_and_stores_readings(tmp_path: Path) -> None:
     assert stored[-1] > 0 and stored[-1] >= stored[0]
     online = re.search(r"在线 online (\d+)", progress[-1])
     assert online and int(online.group(1)) > 100
+    # Ingest's registry (from assets) holds every census sensor, the simulator's sensors among them.
+    states = re.search(r"在线 online (\d+) · 离线 offline (\d+) · 未上报 never (\d+)", progress[-1])
+    assert states and sum(int(n) for n in states.groups()) == len(census["sensors"]), progress[-1]
+    # Readings are accepted; the few refused are the ones the simulator sends out of range on purpose,
+    # none for a sensor ingest did not know.
+    counts = re.search(r"接收 accepted ([\d,]+) .* 拒收 rejected ([\d,]+)", progress[-1])
+    assert counts and int(counts.group(1).replace(",", "")) > 100 * int(counts.group(2).replace(",", "")), counts
+    sim = re.search(r"模拟器 simulator: .* 接收 accepted ([\d,]+) .* 拒收 rejected ([\d,]+)(.*)", out)
+    assert sim and int(sim.group(1).replace(",", "")) > 0, out[-2000:]
+    if sim.group(2) != "0":
+        reasons = re.search(r"原因 reasons: ([^)]*)\)", sim.group(3))
+        assert reasons and set(re.findall(r"([a-z_]+) [\d,]+", reasons.group(1))) <= {"out_of_range"}, sim.group(0)
+    assert "unknown_sensor" not in out
     # Incidents are scripted at +3 and +7 simulated minutes; at ×10 the gas leak shows within the run.
     assert "燃气泄漏 gas leak 开始 started" in out
     assert "已停止 stopped." in out

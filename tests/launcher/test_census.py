@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from lifeline.assets.settings import AssetsSettings
 from lifeline.kit.catalogue import Domain, QuantityCatalogue, load_quantities
 from lifeline.launcher.census import (
     CITIES,
+    ENTITIES,
+    CensusLoadError,
     census_files,
     generate,
     load_census,
@@ -118,57 +121,100 @@ def test_hefei_census_holds_exactly_the_sensors_the_simulator_drives(cat: Quanti
     assert retired == {sid for sid, s in simulated.items() if not s.active}
 
 
-async def _count(client: httpx.AsyncClient, path: str, page: str) -> int:
+async def _count(client: httpx.AsyncClient, path: str, page: str, **params: str) -> int:
     total, token = 0, None
     while True:
-        params: dict[str, Any] = {"limit": 1000, **({"page_token": token} if token else {})}
-        body = (await client.get(path, params=params)).json()
+        query: dict[str, Any] = {"limit": 1000, **params, **({"page_token": token} if token else {})}
+        body = (await client.get(path, params=query)).json()
         total += len(body[page])
         token = body.get("next_page_token")
         if not token:
             return total
 
 
-async def test_census_loads_into_assets_once(service_runner: Any, database_url: str, token_factory: Any) -> None:
+async def test_census_loads_into_assets_once(
+    service_runner: Any, database_url: str, token_factory: Any, tmp_path: Path
+) -> None:
     app = await service_runner(AssetsApp, AssetsSettings(database_url=database_url, http_port=0, grpc_port=0))
     assert app.http is not None
     census = read_census(packaged_dir(), "340100")
+    sizes = {e: len(census[e]) for e in ENTITIES}
+    retired = {s["sensor_id"] for s in census["sensors"] if s["status"] == "retired"}
     token = await token_factory("svc")
 
     async def authorization() -> str:
         return f"Bearer {token}"
 
     started = time.monotonic()
-    stats = await load_census(app.http.url, authorization, census)
+    stats = await load_census(app.http.url, authorization, packaged_dir(), "340100")
     elapsed = time.monotonic() - started
-    assert stats.created["facilities"] == len(census["facilities"])
-    assert stats.created["sensors"] == len(census["sensors"])
+    assert (stats.created, stats.updated, stats.unchanged) == (sizes, dict.fromkeys(sizes, 0), dict.fromkeys(sizes, 0))
+    assert stats.retired == len(retired) == 3
+    # One bulk import per entity (the single-create way took ~20 s); generous for a busy machine.
+    assert elapsed < 10, elapsed
     async with httpx.AsyncClient(base_url=app.http.url, headers={"Authorization": await authorization()}) as c:
-        assert await _count(c, "/v1/facilities", "facilities") == len(census["facilities"])
-        assert await _count(c, "/v1/sensors", "sensors") == len(census["sensors"])
-        assert await _count(c, "/v1/units", "units") == len(census["units"])
-        retired = (await c.get("/v1/sensors", params={"status": "retired"})).json()["sensors"]
-        assert len(retired) == 3
+        for entity in ENTITIES:
+            assert await _count(c, f"/v1/{entity}", entity) == sizes[entity], entity
+        listed = (await c.get("/v1/sensors", params={"status": "retired"})).json()["sensors"]
+        assert {s["sensor_id"] for s in listed} == retired
+        gone = sorted(retired)[0]
+        changes = [v["change"] for v in (await c.get(f"/v1/sensors/{gone}/history")).json()["versions"]]
+        assert sorted(changes) == ["created", "retired"]
         gas = (await c.get("/v1/facilities/3401041101000001")).json()
         assert gas["kind"] == "gas" and gas["unit_id"] == "HF-GAS" and gas["geometry"]["type"] == "LineString"
-        for entity in ("links", "risks"):
-            if entity not in stats.unsupported:
-                assert await _count(c, f"/v1/{entity}", entity) == len(census[entity])
-        history = (await c.get("/v1/facilities/3401041101000001/history")).json()["versions"]
+        unit = (await c.get("/v1/units/HF-GAS")).json()
+        assert unit["contacts"][0]["name"] == "调度值班室" and unit["domains"] == ["gas"]
+        sensor = (await c.get("/v1/sensors/HF-GS-CH4-001")).json()
+        assert sensor["facility_code"] == "3401041102000001" and sensor["region"] == "340104"
+        link = (await c.get(f"/v1/links/{census['links'][0]['id']}")).json()
+        assert (link["from_code"], link["to_code"]) == (census["links"][0]["from_code"], census["links"][0]["to_code"])
+        risk = (await c.get(f"/v1/risks/{census['risks'][0]['id']}")).json()
+        assert risk["facility_codes"] == census["risks"][0]["facility_codes"]
+        history = {
+            path: (await c.get(path)).json()["versions"]
+            for path in ("/v1/facilities/3401041101000001/history", f"/v1/sensors/{gone}/history")
+        }
 
     # A second load (the demo started again) changes nothing.
-    again = await load_census(app.http.url, authorization, census)
-    assert sum(again.created.values()) == 0
-    assert again.present["facilities"] == len(census["facilities"])
+    again = await load_census(app.http.url, authorization, packaged_dir(), "340100")
+    assert (again.created, again.updated, again.unchanged) == (dict.fromkeys(sizes, 0), dict.fromkeys(sizes, 0), sizes)
+    assert again.retired == 0
     async with httpx.AsyncClient(base_url=app.http.url, headers={"Authorization": await authorization()}) as c:
-        assert (await c.get("/v1/facilities/3401041101000001/history")).json()["versions"] == history
-    print(f"census of {sum(len(v) for v in census.values())} items loaded in {elapsed:.1f} s ({stats.summary()})")
+        for path, versions in history.items():
+            assert (await c.get(path)).json()["versions"] == versions
+
+    # A census changed since: only what changed gets a new version.
+    changed = tmp_path / "changed"
+    shutil.copytree(packaged_dir(), changed)
+    fc_path = census_files(changed, "340100")["facilities"]
+    fc = json.loads(fc_path.read_text(encoding="utf-8"))
+    fc["features"][0]["properties"]["name"] += "（改线）"
+    fc_path.write_text(json.dumps(fc, ensure_ascii=False), encoding="utf-8")
+    third = await load_census(app.http.url, authorization, changed, "340100")
+    assert third.updated["facilities"] == 1 and third.unchanged["facilities"] == sizes["facilities"] - 1
+    assert sum(third.created.values()) == 0 and sum(third.updated.values()) == 1
+
+    # A file assets refuses: an error naming the record, and nothing of that file kept.
+    links_path = census_files(changed, "340100")["links"]
+    text = links_path.read_text(encoding="utf-8")
+    links_path.write_text(text + "LK-340100-9999,3401041101000001,3401049999999999,flow\n", encoding="utf-8")
+    with pytest.raises(CensusLoadError, match=rf"links-340100.csv: HTTP 422 .*lines\[{text.count(chr(10)) + 1}\]"):
+        await load_census(app.http.url, authorization, changed, "340100")
+    async with httpx.AsyncClient(base_url=app.http.url, headers={"Authorization": await authorization()}) as c:
+        assert (await c.get("/v1/links/LK-340100-9999")).status_code == 404
+        assert await _count(c, "/v1/links", "links") == sizes["links"]
+    print(f"census of {sum(sizes.values())} items loaded in {elapsed:.1f} s ({stats.summary()})")
 
 
-def test_census_files_are_geojson_and_csv_the_import_reads() -> None:
+def test_census_files_are_what_the_import_reads() -> None:
     paths = census_files(packaged_dir(), "340100")
-    fc = json.loads(paths["facilities"].read_text(encoding="utf-8"))
-    assert fc["type"] == "FeatureCollection"
-    assert all(f["type"] == "Feature" and f["id"] == f["properties"]["code"] for f in fc["features"])
+    assert [p.suffix for p in paths.values()] == [".geojson", ".geojson", ".csv", ".csv", ".geojson"]
+    for entity, key in (("units", "id"), ("facilities", "code"), ("risks", "id")):
+        fc = json.loads(paths[entity].read_text(encoding="utf-8"))
+        assert fc["type"] == "FeatureCollection"
+        assert all(f["type"] == "Feature" and f["id"] == f["properties"][key] for f in fc["features"])
+    units = json.loads(paths["units"].read_text(encoding="utf-8"))["features"]
+    assert all(f["geometry"] is None for f in units)
     header = paths["sensors"].read_text(encoding="utf-8").splitlines()[0]
-    assert header.startswith("sensor_id,quantity,unit,region,facility_code,interval_s,lat,lon,status")
+    # Only columns the sensor import knows (region is derived from the facility, so it is ignored).
+    assert header == "sensor_id,quantity,unit,region,facility_code,interval_s,lat,lon,status,range_min,range_max"

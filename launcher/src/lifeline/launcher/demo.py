@@ -1,8 +1,10 @@
 """``lifeline demo``: a whole city instance on one machine, fed by the sensor simulator.
 
 Starts a nats-server (JetStream + MQTT) and the dev OpenID provider as child processes, the city
-instance of Hefei (340100) in single-process mode, then the simulator (a short backfill, then live, with
-a gas leak and a water-main burst a few minutes in). Prints where to look, then a progress line every
+instance of Hefei (340100) in single-process mode, imports the sample census of Hefei into its assets
+service (ingest's sensor registry follows assets, so the census is the one list of sensors), waits until
+ingest knows the census's sensors, then starts the simulator on those same sensors (a short backfill,
+then live, with a gas leak and a water-main burst a few minutes in). Prints where to look, then a progress line every
 ~10 s. Later services join by being registered in :mod:`lifeline.launcher.instance` (the city tier runs
 every service that exists) and, optionally, by a demo section here (``DEMO_SETTINGS``, ``PANELS``,
 ``PROGRESS``).
@@ -20,6 +22,7 @@ import shutil
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -45,7 +48,6 @@ from .simulator import (
     WaterBurst,
     run_simulator,
     sample_sensors,
-    sample_sensors_path,
 )
 
 log = logging.getLogger("lifeline.launcher.demo")
@@ -58,12 +60,17 @@ NATS_PORT = 14222
 MQTT_PORT = 11883
 NATS_MONITOR_PORT = 18222
 IDP_PORT = 8180
+# The instance's service account in the dev provider (deploy/dev-idp/realm.json): ingest reads assets'
+# sensors with it, and the demo loads the census and reads progress with it.
+SERVICES_CLIENT = ("lifeline-services", "dev-secret")
 SIMULATOR_CLIENT = ("simulator", "dev-secret")
 PARTNER_CLIENT = ("partner-340100", "dev-secret")
 GAS_LEAK_AT_S = 180.0
 BURST_AT_S = 420.0
 REPLAY_S = 1800.0
 PROGRESS_EVERY_S = 10.0
+# How long ingest may take to learn the census's sensors from assets (a snapshot, then change events).
+REGISTRY_WAIT_S = 30.0
 CST = timezone(timedelta(hours=8))
 
 
@@ -126,6 +133,8 @@ class Demo:
     started: float = field(default_factory=time.monotonic)
     stored: int = 0
     accepted: int = 0
+    # Why ingest refused simulated readings, by reason (the simulator sends a few out of range on purpose).
+    refusals: Counter[str] = field(default_factory=Counter)
 
     def service(self, name: str) -> Service | None:
         return self.instance.services.get(name) if self.instance else None
@@ -141,10 +150,9 @@ class Demo:
         return self.sim.sim_time(self.clock())
 
 
-# Settings the demo gives a service on top of ports (keyword arguments of its settings class).
-DEMO_SETTINGS: dict[str, Callable[[Demo], dict[str, Any]]] = {
-    "ingest": lambda demo: {"sensors_file": sample_sensors_path()},
-}
+# Settings the demo gives a service on top of ports (keyword arguments of its settings class). None so far:
+# ingest's sensor registry follows assets by default, which the demo fills from the census.
+DEMO_SETTINGS: dict[str, Callable[[Demo], dict[str, Any]]] = {}
 
 
 def _ingest_panel(demo: Demo, svc: Service) -> list[str]:
@@ -383,8 +391,8 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
     idp = DevIdp(port=0 if opts.free_ports else port_or_free(IDP_PORT), log_file=data_dir / "logs" / "dev-idp.log")
     demo: Demo | None = None
     sim_task: asyncio.Task[SimulatorStats] | None = None
-    census_task: asyncio.Task[None] | None = None
     sim_stop = asyncio.Event()
+    sim_http: httpx.AsyncClient | None = None
     creds: list[ClientCredentials] = []
     rc = 0
     try:
@@ -401,6 +409,8 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
             data_dir=data_dir / f"city-{REGION}",
             nats_url=nats.url,
             oidc_issuer=idp.issuer(),
+            oidc_client_id=SERVICES_CLIENT[0],
+            oidc_client_secret=SERVICES_CLIENT[1],
             log_json=False,
         )
         setup_telemetry(settings)
@@ -415,9 +425,10 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
         demo.instance = Instance(settings, names, overrides)
         await demo.instance.start()
         _check(stop)
-        if "assets" in demo.instance.services:
-            # Beside the simulator, not before it: the first load takes a while, a restart finds it done.
-            census_task = asyncio.create_task(_load_census(demo, say), name="census")
+        reader_creds = ClientCredentials(settings.oidc_issuer, *SERVICES_CLIENT)
+        creds.append(reader_creds)
+        await _load_census(demo, reader_creds, say)
+        _check(stop)
 
         catalogue = load_quantities(None)
         lead_s = REPLAY_S if opts.speed > 1 else 0.0
@@ -437,13 +448,16 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
         say()
 
         sim_creds = ClientCredentials(settings.oidc_issuer, *SIMULATOR_CLIENT)
-        reader_creds = ClientCredentials(settings.oidc_issuer, settings.oidc_client_id, settings.oidc_client_secret)
-        creds += [sim_creds, reader_creds]
+        creds.append(sim_creds)
+        sim_http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=5.0), event_hooks={"response": [_refusal_counter(demo.refusals)]}
+        )
         sim_task = asyncio.create_task(
             run_simulator(
                 demo.http_url("ingest"),
                 sim_creds.token,
                 sim,
+                client=sim_http,
                 stop_event=sim_stop,
                 backfill_hours=opts.backfill_hours,
                 clock=demo.clock,
@@ -465,18 +479,17 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
         # The file log keeps everything; the console need not show the bus going away as it closes.
         _console_level(logging.ERROR)
         sim_stop.set()
-        if census_task is not None:
-            census_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await census_task
         if sim_task is not None:
             with contextlib.suppress(Exception):
                 stats = await asyncio.wait_for(sim_task, 15)
                 say(
                     f"模拟器 simulator: 发送 sent {stats.sent:,} · 接收 accepted {stats.accepted:,}"
                     f" · 重复 duplicates {stats.duplicates:,} · 拒收 rejected {stats.rejected:,}"
-                    f" · 重试 retries {stats.retries:,}"
+                    f"{_reasons(demo.refusals) if demo else ''} · 重试 retries {stats.retries:,}"
                 )
+        if sim_http is not None:
+            with contextlib.suppress(Exception):
+                await sim_http.aclose()
         if demo is not None and demo.instance is not None:
             await demo.instance.stop()
         for c in creds:
@@ -490,6 +503,27 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
     return rc
 
 
+def _refusal_counter(refusals: Counter[str]) -> Callable[[httpx.Response], Awaitable[None]]:
+    """An httpx response hook counting the reasons ingest gives for refusing readings."""
+
+    async def hook(resp: httpx.Response) -> None:
+        if resp.request.method != "POST" or resp.status_code != 200:
+            return
+        await resp.aread()
+        with contextlib.suppress(ValueError, AttributeError):
+            for result in resp.json().get("results", []):
+                if result.get("status") == "rejected":
+                    refusals[result.get("reason") or "?"] += 1
+
+    return hook
+
+
+def _reasons(refusals: Counter[str]) -> str:
+    if not refusals:
+        return ""
+    return " (原因 reasons: " + ", ".join(f"{reason} {n:,}" for reason, n in refusals.most_common()) + ")"
+
+
 class _Interrupted(Exception):
     """Ctrl-C/SIGTERM while starting up."""
 
@@ -499,19 +533,47 @@ def _check(stop: asyncio.Event) -> None:
         raise _Interrupted
 
 
-async def _load_census(demo: Demo, say: Callable[[str], None]) -> None:
-    """The sample census of the city into its assets service; idempotent, so every start may do it."""
-    s = demo.instance_settings
-    creds = ClientCredentials(s.oidc_issuer, s.oidc_client_id, s.oidc_client_secret)
-    try:
-        census = read_census(packaged_dir(), REGION)
-        stats = await load_census(demo.http_url("assets"), creds.authorization, census)
-        say(f"普查数据已载入 sample census loaded: {stats.summary()}")
-    except Exception as exc:
-        log.exception("loading the sample census failed")
-        say(f"普查数据载入失败 loading the sample census failed: {exc}")
-    finally:
-        await creds.aclose()
+async def _load_census(demo: Demo, creds: ClientCredentials, say: Callable[[str], None]) -> None:
+    """The sample census into the city's assets service, then wait until ingest knows its sensors.
+
+    Before the simulator, so that its first readings are for sensors ingest knows. Idempotent: a restart
+    imports the same files and changes nothing."""
+    assert demo.instance is not None
+    if "assets" not in demo.instance.services:
+        return
+    say(f"载入普查数据 loading the sample census of {REGION_NAME} into assets (bulk import) …")
+    started = time.monotonic()
+    stats = await load_census(demo.http_url("assets"), creds.authorization, packaged_dir(), REGION)
+    say(f"普查数据已载入 sample census loaded in {time.monotonic() - started:.1f} s: {stats.summary()}")
+    if "ingest" not in demo.instance.services:
+        return
+    sensors = {s["sensor_id"] for s in read_census(packaged_dir(), REGION)["sensors"]}
+    say(f"等待接入服务从 assets 同步 {len(sensors)} 个传感器 waiting for ingest's sensor registry (from assets) …")
+    started = time.monotonic()
+    known = await _ingest_knows(demo.http_url("ingest"), creds, sensors, REGISTRY_WAIT_S)
+    if known < len(sensors):
+        raise RuntimeError(
+            f"接入服务仅同步了 {known}/{len(sensors)} 个传感器 ingest knows only {known} of the census's"
+            f" {len(sensors)} sensors after {REGISTRY_WAIT_S:.0f} s"
+        )
+    say(f"接入服务已同步传感器 ingest knows all {known} sensors ({time.monotonic() - started:.1f} s)")
+
+
+async def _ingest_knows(base: str, creds: ClientCredentials, sensors: set[str], within_s: float) -> int:
+    """How many of ``sensors`` ingest's registry holds, polled until all or ``within_s`` is up."""
+    deadline = time.monotonic() + within_s
+    known = 0
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        while True:
+            # Every sensor its registry holds: none before its first snapshot of assets, then the census's.
+            resp = await http.get(
+                "/v1/sensors/status", params={"limit": 10000}, headers={"Authorization": await creds.authorization()}
+            )
+            if resp.is_success:
+                known = len(sensors & {s["sensor_id"] for s in resp.json()["sensors"]})
+            if known == len(sensors) or time.monotonic() >= deadline:
+                return known
+            await asyncio.sleep(0.2)
 
 
 def _service_overrides(name: str, demo: Demo) -> dict[str, Any]:
