@@ -18,13 +18,13 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from lifeline.kit import i18n
-from lifeline.kit.api import decode_page_token, encode_page_token, require_any_role
+from lifeline.kit.api import decode_page_token, encode_page_token, invalid_field, require_any_role, scope_prefix
 from lifeline.kit.audit import audit, is_cross_region
 from lifeline.kit.auth import Principal
 from lifeline.kit.catalogue import Direction, Measure, Quantity, QuantityCatalogue, ThresholdRule, region_contains
 from lifeline.kit.db import Database
 from lifeline.kit.outbox import enqueue
-from lifeline.kit.problems import FieldError, ProblemError
+from lifeline.kit.problems import ProblemError
 
 from . import repository
 from .messages import change_event, positions, sensor_spec
@@ -153,26 +153,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def scope_prefix(region: str) -> str:
-    """The region-code prefix of everything `region` contains (the SQL form of ``region_contains``)."""
-    if region == "100000":
-        return ""
-    if region.endswith("0000"):
-        return region[:2]
-    if region.endswith("00"):
-        return region[:4]
-    return region
-
-
-def _invalid(field: str, key: str, **params: Any) -> ProblemError:
-    """422 naming the field; the detail says what is wrong in the caller's language."""
-    return ProblemError(422, detail=key, params=params, errors=[FieldError(field, "invalid", key, params)])
-
-
 def check_position(lon: Any, lat: Any, field: str) -> list[float]:
     ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lon, lat))
     if not ok or not (LON_RANGE[0] <= lon <= LON_RANGE[1] and LAT_RANGE[0] <= lat <= LAT_RANGE[1]):
-        raise _invalid(
+        raise invalid_field(
             field,
             "assets.geometry_range",
             lon=lon,
@@ -194,10 +178,10 @@ def check_geometry(geometry: dict[str, Any]) -> dict[str, Any]:
 
     if kind == "Point":
         if not pair(coords):
-            raise _invalid("geometry.coordinates", "assets.geometry_point")
+            raise invalid_field("geometry.coordinates", "assets.geometry_point")
         return {"type": kind, "coordinates": check_position(*coords, "geometry.coordinates")}
     if not isinstance(coords, list) or len(coords) < 2 or not all(pair(p) for p in coords):
-        raise _invalid("geometry.coordinates", "assets.geometry_line")
+        raise invalid_field("geometry.coordinates", "assets.geometry_line")
     return {
         "type": kind,
         "coordinates": [check_position(*p, f"geometry.coordinates[{i}]") for i, p in enumerate(coords)],
@@ -219,7 +203,7 @@ class AssetsService:
     ) -> None:
         """A write's region must be inside this instance (else bad input) and the caller's (else 403)."""
         if not region_contains(self.region, region):
-            raise _invalid("region", "assets.outside_instance", region=region, instance=self.region)
+            raise invalid_field("region", "assets.outside_instance", region=region, instance=self.region)
         self._visible(region, principal, action=action, resource=resource, source=source)
 
     @staticmethod
@@ -339,7 +323,7 @@ class AssetsService:
 
     async def _unit_exists(self, session: Any, unit_id: str | None) -> None:
         if unit_id is not None and await repository.get(session=session, entity="unit", key=unit_id) is None:
-            raise _invalid("unit_id", "assets.unknown_unit", id=unit_id)
+            raise invalid_field("unit_id", "assets.unknown_unit", id=unit_id)
 
     async def _refuse_if_used(self, session: Any, code: str) -> None:
         """A facility is retired after the sensors on it and the links to it, never leaving them dangling."""
@@ -415,7 +399,7 @@ class AssetsService:
         for i, code in enumerate(codes):
             row = await repository.get(session=session, entity="facility", key=code)
             if row is None:
-                raise _invalid(field.format(i=i), "assets.unknown_facility", code=code)
+                raise invalid_field(field.format(i=i), "assets.unknown_facility", code=code)
             self._visible(row.region, principal, action="facility.read", resource=f"facility/{code}", source=source)
             docs.append(dict(row.doc))
         return docs
@@ -430,21 +414,21 @@ class AssetsService:
             where = f"thresholds[{i}]"
             code = quantity_code or item["quantity"]
             if code not in self.catalogue:
-                raise _invalid(f"{where}.quantity", "assets.unknown_quantity", quantity=code)
+                raise invalid_field(f"{where}.quantity", "assets.unknown_quantity", quantity=code)
             quantity = self.catalogue.get(code)
             rules = {(r.measure.value, r.direction.value) for r in quantity.thresholds}
             measure, direction = str(item.get("measure") or "value"), str(item["direction"])
             names = {"quantity": code, "measure": measure, "direction": direction}
             if (measure, direction) not in rules:
                 available = ", ".join(sorted(f"{m}/{d}" for m, d in rules)) or "-"
-                raise _invalid(where, "assets.threshold_rule", rules=available, **names)
+                raise invalid_field(where, "assets.threshold_rule", rules=available, **names)
             if any((o.get("quantity", code), o["measure"], o["direction"]) == (code, measure, direction) for o in out):
-                raise _invalid(where, "assets.threshold_twice", **names)
+                raise invalid_field(where, "assets.threshold_twice", **names)
             try:
                 rule = ThresholdRule(measure=Measure(measure), direction=Direction(direction), levels=item["levels"])
             except ValidationError as exc:
                 why = "; ".join(e["msg"] for e in exc.errors())
-                raise _invalid(f"{where}.levels", "assets.bad_threshold", why=why) from exc
+                raise invalid_field(f"{where}.levels", "assets.bad_threshold", why=why) from exc
             levels = {level.value: list(v) if isinstance(v, tuple) else v for level, v in rule.ordered()}
             if rule.measure is Measure.VALUE:
                 for v in (x for limit in levels.values() for x in (limit if isinstance(limit, list) else [limit])):
@@ -457,7 +441,7 @@ class AssetsService:
     def _in_range(quantity: Quantity, value: float, field: str, key: str = "assets.value_range") -> None:
         low, high = quantity.range
         if not low <= value <= high:
-            raise _invalid(field, key, value=value, quantity=quantity.code, low=low, high=high, unit=quantity.unit)
+            raise invalid_field(field, key, value=value, quantity=quantity.code, low=low, high=high, unit=quantity.unit)
 
     # --- facilities ------------------------------------------------------------------------------------
 
@@ -467,7 +451,7 @@ class AssetsService:
         """A facility's region is the first six digits of its code."""
         code = data["code"]
         if not _CODE_RE.match(code):
-            raise _invalid("code", "assets.bad_code", code=code)
+            raise invalid_field("code", "assets.bad_code", code=code)
         region = code[:6]
         self._check_region(region, principal, action="facility.write", resource=f"facility/{code}", source=source)
         doc = {
@@ -502,12 +486,12 @@ class AssetsService:
     def _checked_sensor(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Quantity known, unit accepted, the rest consistent as the kit's SensorSpec understands it."""
         if doc["quantity"] not in self.catalogue:
-            raise _invalid("quantity", "assets.unknown_quantity", quantity=doc["quantity"])
+            raise invalid_field("quantity", "assets.unknown_quantity", quantity=doc["quantity"])
         quantity = self.catalogue.get(doc["quantity"])
         doc["unit"] = doc.get("unit") or quantity.unit
         doc["interval_s"] = doc.get("interval_s") or quantity.interval_s
         if not quantity.accepts(doc["unit"]):
-            raise _invalid(
+            raise invalid_field(
                 "unit",
                 "assets.bad_sensor_unit",
                 quantity=quantity.code,
@@ -520,7 +504,7 @@ class AssetsService:
             spec = sensor_spec(doc)
         except ValidationError as exc:
             why = "; ".join(e["msg"] for e in exc.errors())
-            raise _invalid("sensor", "assets.bad_sensor", why=why) from exc
+            raise invalid_field("sensor", "assets.bad_sensor", why=why) from exc
         doc["unit"] = spec.unit
         doc["thresholds"] = self._checked_thresholds(doc.get("thresholds") or [], quantity.code)
         for name in ("setpoint", "baseline"):
@@ -535,7 +519,7 @@ class AssetsService:
         out = []
         for i, w in enumerate(windows):
             if not w["start_ms"] < w["end_ms"]:
-                raise _invalid(f"{field}[{i}]", "assets.bad_window")
+                raise invalid_field(f"{field}[{i}]", "assets.bad_window")
             out.append({"kind": w["kind"], "start_ms": w["start_ms"], "end_ms": w["end_ms"], "note": w.get("note", "")})
         return sorted(out, key=lambda w: (w["start_ms"], w["end_ms"], w["kind"]))
 
@@ -578,7 +562,7 @@ class AssetsService:
                 x for x in windows if (x["kind"], x["start_ms"], x["end_ms"]) == (w["kind"], w["start_ms"], w["end_ms"])
             ]
             if not match:
-                raise _invalid(
+                raise invalid_field(
                     f"remove_windows[{i}]",
                     "assets.no_window",
                     kind=w["kind"],
@@ -598,7 +582,7 @@ class AssetsService:
         """A responsible unit (of the caller's region unless another is named)."""
         region = data.get("region") or principal.region or self.region
         if not _REGION_RE.match(region):
-            raise _invalid("region", "assets.bad_region", region=region)
+            raise invalid_field("region", "assets.bad_region", region=region)
         unit_id = data.get("id") or uuid.uuid4().hex
         self._check_region(region, principal, action="unit.write", resource=f"unit/{unit_id}", source=source)
         doc = {
@@ -630,7 +614,7 @@ class AssetsService:
         region = data.get("region") or (facilities[0]["region"] if facilities else None) or principal.region
         region = region or self.region
         if not _REGION_RE.match(region):
-            raise _invalid("region", "assets.bad_region", region=region)
+            raise invalid_field("region", "assets.bad_region", region=region)
         self._check_region(region, principal, action="risk.write", resource=f"risk/{risk_id}", source=source)
         doc = {
             "id": risk_id,
@@ -671,7 +655,7 @@ class AssetsService:
         Loops are allowed: water and gas networks are meshed (ring mains), so a directed cycle is normal.
         """
         if doc["from_code"] == doc["to_code"]:
-            raise _invalid("to_code", "assets.self_link", code=doc["to_code"])
+            raise invalid_field("to_code", "assets.self_link", code=doc["to_code"])
         for field in ("from_code", "to_code"):
             [end] = await self._facilities(session, [doc[field]], principal, field=field, source=source)
             if end["status"] == "retired":
@@ -832,7 +816,7 @@ class AssetsService:
         if not 1 <= limit <= MAX_PAGE:
             raise ProblemError(400, detail="assets.bad_limit", params={"max": MAX_PAGE})
         if region_prefix and not region_prefix.isdigit():
-            raise _invalid("region", "assets.bad_region", region=region_prefix)
+            raise invalid_field("region", "assets.bad_region", region=region_prefix)
         if principal.region is None:
             return [], None
         async with self.db.transaction(readonly=True) as session:
@@ -870,7 +854,7 @@ def _rectification(r: dict[str, Any]) -> dict[str, Any]:
     """Status pending | in_progress | done | overdue, owner, deadline (required until it is done)."""
     out = {"status": r.get("status") or "pending", "owner": r.get("owner") or "", "deadline_ms": r.get("deadline_ms")}
     if out["status"] != "done" and out["deadline_ms"] is None:
-        raise _invalid("rectification.deadline_ms", "assets.deadline_required", status=out["status"])
+        raise invalid_field("rectification.deadline_ms", "assets.deadline_required", status=out["status"])
     return out
 
 

@@ -15,14 +15,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lifeline.kit import i18n
-from lifeline.kit.api import require_any_role
+from lifeline.kit.api import require_any_role, scope_prefix
 from lifeline.kit.auth import ClientCredentials, Principal
 from lifeline.kit.catalogue import Domain
 from lifeline.kit.db import Database
 from lifeline.kit.problems import ProblemError
 from lifeline.kit.runtime import Service
 
-from ..service import READER_ROLES, scope_prefix
+from ..service import READER_ROLES
 from . import repository
 from .telemetry import IngestStatus, TelemetryUnavailable
 
