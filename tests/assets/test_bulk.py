@@ -267,6 +267,9 @@ async def test_units_risks_and_links_round_trip(client: httpx.AsyncClient, asset
     assert r.status_code == 200 and r.json()["created"] == 1, r.text
     unit = (await client.get("/v1/units/U-GAS")).json()
     assert unit["region"] == "340100" and unit["domains"] == ["gas"] and unit["contacts"][0]["name"] == "张工"
+    # The contact's unset email is the same default on re-import, not a change.
+    r = await client.post("/v1/import/unit", content=units.encode(), headers=CSV)
+    assert r.status_code == 200 and r.json()["unchanged"] == 1 and r.json()["updated"] == 0, r.text
     await client.post("/v1/import/facility", content=collection(feature(code(1)), feature(code(2))), headers=GEOJSON)
 
     links = "id,from_code,to_code,kind\n"

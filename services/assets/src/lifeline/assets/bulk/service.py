@@ -301,7 +301,9 @@ class BulkService:
             raise invalid_field(shape.key, "assets.bulk.key_required", name=shape.key)
         model = shape.record.model_validate(rec.fields)
         data = model.model_dump(mode="json")
-        given = model.model_dump(mode="json", exclude={"reason"}, exclude_unset=True)
+        # The fields the record sets, each whole: a nested object's defaults (a contact without an email)
+        # belong to it, as in a single write, or an unchanged record would look changed on re-import.
+        given = {name: data[name] for name in model.model_fields_set if name != "reason"}
         key = data[shape.key]
         status = given.get("status")
         if current is None:
