@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import assets, ingest
+from bench import alerts, assets, ingest
 
-BENCHMARKS = {"ingest": ingest, "assets": assets}
+BENCHMARKS = {"ingest": ingest, "assets": assets, "alerts": alerts}
 
 
 def main(argv: list[str] | None = None) -> int:
