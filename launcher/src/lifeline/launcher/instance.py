@@ -43,6 +43,7 @@ SERVICES: dict[str, str] = {
 PEERS: dict[str, dict[str, str]] = {
     "assets": {"ingest_grpc": "ingest"},
     "ingest": {"assets_grpc": "assets"},
+    "alerts": {"assets_grpc": "assets"},
 }
 
 # What each tier runs (DESIGN §1). ``--services all`` means these, of the services that exist.

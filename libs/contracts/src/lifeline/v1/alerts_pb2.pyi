@@ -76,6 +76,7 @@ class AlertEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALERT_EVENT_KIND_CLOSED: _ClassVar[AlertEventKind]
     ALERT_EVENT_KIND_UPDATED: _ClassVar[AlertEventKind]
     ALERT_EVENT_KIND_SUPPRESSED: _ClassVar[AlertEventKind]
+    ALERT_EVENT_KIND_UNSUPPRESSED: _ClassVar[AlertEventKind]
 
 class WorkflowStep(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -130,6 +131,7 @@ ALERT_EVENT_KIND_CLEARED: AlertEventKind
 ALERT_EVENT_KIND_CLOSED: AlertEventKind
 ALERT_EVENT_KIND_UPDATED: AlertEventKind
 ALERT_EVENT_KIND_SUPPRESSED: AlertEventKind
+ALERT_EVENT_KIND_UNSUPPRESSED: AlertEventKind
 WORKFLOW_STEP_UNSPECIFIED: WorkflowStep
 WORKFLOW_STEP_VERIFY: WorkflowStep
 WORKFLOW_STEP_DISPATCH: WorkflowStep

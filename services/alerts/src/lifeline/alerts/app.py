@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc.aio
 from fastapi import FastAPI
 
+from lifeline.kit.auth import ClientCredentials
 from lifeline.kit.bus import PullConsumer
 from lifeline.kit.catalogue import load_quantities
 from lifeline.kit.grpc import AddServicerFn
@@ -15,6 +17,7 @@ from lifeline.kit.http import create_http_app
 from lifeline.kit.runtime import Periodic, Service
 from lifeline.v1 import alerts_pb2_grpc
 
+from .census import CensusSnapshot
 from .consumers import (
     ASSETS_SUBJECT,
     READINGS_SUBJECT,
@@ -40,6 +43,9 @@ class AlertsApp(Service):
     grpc_service_names = ("lifeline.v1.AlertService",)
 
     settings: AlertsSettings
+    snapshot: CensusSnapshot | None = None
+    _assets_channel: grpc.aio.Channel | None = None
+    _credentials: ClientCredentials | None = None
 
     async def setup(self) -> None:
         s = self.settings
@@ -60,8 +66,20 @@ class AlertsApp(Service):
             batch=256,
             fetch_timeout=0.25,
         )
+        if s.assets_grpc:
+            # A snapshot from assets beside the events: the stream keeps only the last 30 days of changes.
+            i = self.instance
+            self._assets_channel = grpc.aio.insecure_channel(s.assets_grpc)
+            self._credentials = ClientCredentials(i.oidc_issuer, i.oidc_client_id, i.oidc_client_secret)
+            self.snapshot = CensusSnapshot(
+                self.service,
+                channel=self._assets_channel,
+                credentials=self._credentials,
+                resync_s=s.census_resync_s,
+            )
+            self.background.append(self.snapshot)
         # The census first: a sensor's context should be known before its readings are evaluated.
-        gate = CensusGate(census)
+        gate = CensusGate(census, snapshot=self.snapshot)
         self.background += [
             census,
             gate,
@@ -85,6 +103,7 @@ class AlertsApp(Service):
                 fetch_timeout=0.25,
             ),
             Periodic("alerts-timers", s.timer_interval_s, self.service.check_overdue),
+            Periodic("alerts-silences", s.timer_interval_s, self.service.check_silences),
         ]
         # Notifications: webhook deliveries, their worker, and the live feed of Watch and SSE.
         self.notify = NotifyParts(db=self.db, bus=self.bus, region=region)
@@ -95,7 +114,20 @@ class AlertsApp(Service):
         self.notify.install(app)
         app.include_router(router)
         app.state.alerts = self.service
+        if self.snapshot is not None:
+            app.state.readiness["census_snapshot"] = self._snapshot_ready
         return app
+
+    async def _snapshot_ready(self) -> bool:
+        """False until a census snapshot from assets is in (alerts runs meanwhile on the copy it has)."""
+        return self.snapshot is not None and self.snapshot.ready
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._assets_channel is not None:
+            await self._assets_channel.close()
+        if self._credentials is not None:
+            await self._credentials.aclose()
 
     def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
         return ((alerts_pb2_grpc.add_AlertServiceServicer_to_server, self.notify.servicer(self.service)),)

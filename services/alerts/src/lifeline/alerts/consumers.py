@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from lifeline.kit.bus import PullConsumer
 from lifeline.v1 import telemetry_pb2
 
+from .census import CensusSnapshot
 from .service import AlertsService
 
 log = logging.getLogger(__name__)
@@ -25,14 +26,16 @@ ASSETS_SUBJECT = "events.assets.>"
 
 
 class CensusGate:
-    """Holds readings back at start until the census consumer has caught up.
+    """Holds readings back at start until the census consumer has caught up (and the snapshot is in).
 
     A reading of a sensor alerts does not know yet is skipped, not retried; so on a fresh start the
-    sensors' events already on the stream are applied first (waiting at most ``timeout`` seconds).
+    sensors' events already on the stream, and the first census snapshot from assets when there is one,
+    are applied first (waiting at most ``timeout`` seconds: an unreachable assets must not stop alerts).
     """
 
-    def __init__(self, census: PullConsumer, timeout: float = 10.0) -> None:
+    def __init__(self, census: PullConsumer, timeout: float = 10.0, snapshot: CensusSnapshot | None = None) -> None:
         self.census = census
+        self.snapshot = snapshot
         self.timeout = timeout
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -47,7 +50,7 @@ class CensusGate:
         deadline = loop.time() + self.timeout
         while loop.time() < deadline:
             with contextlib.suppress(Exception):  # the durable does not exist until its first pull
-                if await self.census.pending() == 0:
+                if await self.census.pending() == 0 and (self.snapshot is None or self.snapshot.ready):
                     break
             await asyncio.sleep(0.05)
         else:

@@ -25,6 +25,8 @@ ENTITIES: dict[str, tuple[type[Any], str, str]] = {
     "sensor": (assets_pb2.SensorChanged, "sensor", "sensor_id"),
     "facility": (assets_pb2.FacilityChanged, "facility", "code"),
     "unit": (assets_pb2.UnitChanged, "unit", "id"),
+    "link": (assets_pb2.LinkChanged, "link", "id"),
+    "risk": (assets_pb2.RiskSourceChanged, "risk", "id"),
 }
 _LEVEL_KEYS = {"IV": Level.IV, "III": Level.III, "II": Level.II, "I": Level.I}
 
@@ -34,10 +36,16 @@ def entity_doc(entity: str, payload: bytes) -> tuple[str, int, dict[str, Any]] |
     spec = ENTITIES.get(entity)
     if spec is None:
         return None
-    cls, field, key = spec
+    cls, field, _ = spec
     event = cls.FromString(payload)
-    doc = json_format.MessageToDict(getattr(event, field), preserving_proto_field_name=True)
-    doc["change"] = assets_pb2.ChangeKind.Name(event.change).removeprefix("CHANGE_KIND_").lower()
+    return message_doc(entity, getattr(event, field), assets_pb2.ChangeKind.Name(event.change))
+
+
+def message_doc(entity: str, message: Any, change: str = "snapshot") -> tuple[str, int, dict[str, Any]]:
+    """(key, version, document) of an assets entity, from an event or from a snapshot (list call)."""
+    key = ENTITIES[entity][2]
+    doc = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    doc["change"] = change.removeprefix("CHANGE_KIND_").lower()
     return str(doc.get(key, "")), int(doc.get("version", 0)), doc
 
 

@@ -2,8 +2,10 @@
 
 ``rule_states`` holds every rule state that is not idle (pending `for` windows, firing levels, clear
 windows); ``alerts`` the alerts with their workflow position and next time limit (``due_ms``, polled by
-the timer); ``alert_history`` every change of an alert; ``ctx_*`` alerts' own copy of the census it
-needs (from assets' events); ``baseline_hours`` the hourly means behind rolling baselines.
+the timer); ``alert_history`` every change of an alert; ``alert_suppressions`` the silences and
+inhibiting alerts holding an alert suppressed; ``ctx_*`` alerts' own copy of the census it needs
+(assets' facilities, sensors, units, links and risk sources: events plus snapshots);
+``baseline_hours`` the hourly means behind rolling baselines.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def _ctx(name: str, key: str) -> Table:
 ctx_sensors = _ctx("ctx_sensors", "sensor_id")
 ctx_facilities = _ctx("ctx_facilities", "code")
 ctx_units = _ctx("ctx_units", "id")
+ctx_links = _ctx("ctx_links", "id")
+ctx_risks = _ctx("ctx_risks", "id")
 
 rules = Table(
     "rules",
@@ -132,6 +136,19 @@ alert_history = Table(
     Column("value", Float, nullable=True),
     Column("step", String(16), nullable=True),
     Column("unit_id", String(64), nullable=True),
+)
+
+# Why an alert is suppressed: every silence and every inhibiting alert that holds it now (the alert's
+# ``suppressed`` / ``suppressed_by`` summarise these rows; the history keeps what came and went).
+alert_suppressions = Table(
+    "alert_suppressions",
+    metadata,
+    Column("alert_id", String(36), primary_key=True),
+    Column("source", String(16), primary_key=True),  # silence | inhibition
+    Column("source_id", String(64), primary_key=True),  # the silence's id or the inhibiting alert's id
+    Column("reason", Text, nullable=False),
+    Column("since_ms", BigInteger, nullable=False),
+    Index("ix_alert_suppressions_source", "source_id"),
 )
 
 silences = Table(

@@ -2,16 +2,18 @@
 
 It holds what the domain reference gives as defaults rather than law: `for` and clear durations per
 domain, hysteresis margins, baseline windows, the no-data level, per facility kind threshold overrides,
-the workflow's time limits per level and the roles allowed to take each step.
+the workflow's time limits per level, the roles allowed to take each step, inhibition along the pipe
+network and the level raise of alerts near risk sources.
 """
 
 from __future__ import annotations
 
 import functools
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -55,6 +57,54 @@ class Override(ThresholdRule):
     quantity: str
 
 
+class Matcher(BaseModel):
+    """Which alerts an inhibition rule takes as source or target; an empty list matches anything."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    quantity: tuple[str, ...] = ()
+    measure: tuple[str, ...] = ()
+    facility_kind: tuple[str, ...] = ()
+    rule_id: tuple[str, ...] = ()
+    # The alert's level must be this one or more severe (I is the most severe).
+    min_level: Level = Level.IV
+
+    def matches(self, alert: Mapping[str, Any], *, check_level: bool = True) -> bool:
+        return (
+            (not self.quantity or alert["quantity"] in self.quantity)
+            and (not self.measure or alert["measure"] in self.measure)
+            and (not self.facility_kind or alert["facility_kind"] in self.facility_kind)
+            and (not self.rule_id or alert["rule_id"] in self.rule_id)
+            and (not check_level or Level(alert["level"]).severity >= self.min_level.severity)
+        )
+
+
+class Inhibit(BaseModel):
+    """Like Alertmanager's ``inhibit_rules``, along the pipe network: an open, active alert matching
+    ``source`` suppresses the alerts matching ``target`` on facilities 1..``max_depth`` links downstream."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    source: Matcher
+    target: Matcher
+    direction: Literal["downstream"] = "downstream"
+    max_depth: int = Field(default=10, ge=1, le=100)
+
+
+class RiskRaise(BaseModel):
+    """A risk source near the facility raises a new or changed alert's level by one (never above I)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    # Risk sources of this grade or more severe count (grade I is the most severe).
+    min_grade: Level = Level.IV
+    # Near = named in the risk source's facility_codes, or (when > 0) within this many metres of the
+    # facility's geometry; 0 turns the distance test off.
+    max_distance_m: float = Field(default=0.0, ge=0, le=10_000)
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -65,6 +115,8 @@ class Policy(BaseModel):
     limits: dict[Level, Limits]
     roles: dict[str, tuple[str, ...]]
     override: tuple[Override, ...] = ()
+    inhibit: tuple[Inhibit, ...] = ()
+    risk: RiskRaise = RiskRaise()
 
     def durations(self, domain: str) -> tuple[int, int]:
         """(for_s, clear_for_s) of a domain's threshold rules."""
@@ -80,7 +132,7 @@ class Policy(BaseModel):
 def _merge(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in own.items():
-        if key in ("override",):
+        if key in ("override", "inhibit"):
             out[key] = [*base.get(key, []), *value]
         elif isinstance(value, dict) and isinstance(base.get(key), dict):
             out[key] = _merge(base[key], value)

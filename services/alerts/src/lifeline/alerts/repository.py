@@ -18,7 +18,13 @@ async def _conn(session: AsyncSession) -> Any:
 
 # --- census copy -----------------------------------------------------------------------------------
 
-CTX = {"sensor": (m.ctx_sensors, "sensor_id"), "facility": (m.ctx_facilities, "code"), "unit": (m.ctx_units, "id")}
+CTX = {
+    "sensor": (m.ctx_sensors, "sensor_id"),
+    "facility": (m.ctx_facilities, "code"),
+    "unit": (m.ctx_units, "id"),
+    "link": (m.ctx_links, "id"),
+    "risk": (m.ctx_risks, "id"),
+}
 
 
 async def upsert_ctx(*, session: AsyncSession, entity: str, key: str, version: int, doc: dict[str, Any]) -> bool:
@@ -107,6 +113,51 @@ async def add_breaches(
             peak_value=case((or_(c.peak_value.is_(None), worse), peak), else_=c.peak_value),
             updated_ms=at_ms,
         )
+    )
+
+
+async def open_alerts(
+    *, session: AsyncSession, facility_codes: Iterable[str] | None = None, quantities: Iterable[str] | None = None
+) -> list[Row[Any]]:
+    """Open alerts, optionally only on these facilities and of these quantities."""
+    c = m.alerts.c
+    conds: list[Any] = [c.is_open]
+    if facility_codes is not None:
+        conds.append(c.facility_code.in_(list(facility_codes)))
+    if quantities is not None:
+        conds.append(c.quantity.in_(list(quantities)))
+    return list((await (await _conn(session)).execute(select(m.alerts).where(*conds))).all())
+
+
+async def alerts_by_ids(*, session: AsyncSession, ids: Iterable[str]) -> list[Row[Any]]:
+    return list((await (await _conn(session)).execute(select(m.alerts).where(m.alerts.c.id.in_(list(ids))))).all())
+
+
+# --- suppressions ----------------------------------------------------------------------------------
+
+
+async def suppressions(*, session: AsyncSession, alert_ids: Iterable[str]) -> list[Row[Any]]:
+    c = m.alert_suppressions.c
+    stmt = select(m.alert_suppressions).where(c.alert_id.in_(list(alert_ids))).order_by(c.since_ms, c.source_id)
+    return list((await (await _conn(session)).execute(stmt)).all())
+
+
+async def suppressed_by(*, session: AsyncSession, source_ids: Iterable[str]) -> list[str]:
+    """Ids of the alerts these silences or inhibiting alerts hold suppressed."""
+    c = m.alert_suppressions.c
+    stmt = select(c.alert_id).where(c.source_id.in_(list(source_ids))).distinct()
+    return list((await (await _conn(session)).execute(stmt)).scalars().all())
+
+
+async def add_suppressions(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await (await _conn(session)).execute(insert(m.alert_suppressions), list(rows))
+
+
+async def remove_suppression(*, session: AsyncSession, alert_id: str, source: str, source_id: str) -> None:
+    c = m.alert_suppressions.c
+    await (await _conn(session)).execute(
+        delete(m.alert_suppressions).where(c.alert_id == alert_id, c.source == source, c.source_id == source_id)
     )
 
 

@@ -35,9 +35,10 @@ from lifeline.kit.problems import ProblemError
 from lifeline.v1 import common_pb2, telemetry_pb2
 
 from . import repository
-from .context import entity_doc, facility_context, sensor_context
+from .context import entity_doc, facility_context, message_doc, sensor_context
 from .engine import SEVERITY, Change, Condition, Engine, HourlyHistory, RuleSpec, RuleState
 from .messages import alert_event
+from .network import Network, Risk, RiskRegister, points, raised_by_one
 from .policy import Policy
 from .workflow import TERMINAL, State, allowed, due
 
@@ -146,19 +147,26 @@ class AlertsService:
         self.clock = clock
         self.engine = Engine(catalogue=catalogue, policy=policy)
         self.units: dict[str, dict[str, Any]] = {}
+        self.network = Network()
+        self._facility_points: dict[str, tuple[tuple[float, float], ...]] = {}
+        self.risks = RiskRegister()
+        # Versions of the census entities held, so a snapshot's unchanged items cost no database round trip.
+        self.census_versions: dict[tuple[str, str], int] = {}
         self._silences: list[dict[str, Any]] = []
+        # Silences whose start / end the timer has already applied to open alerts (see check_silences).
+        self._silences_started: set[str] = set()
+        self._silences_ended: set[str] = set()
 
     # --- start-up --------------------------------------------------------------------------------
 
     async def load(self) -> None:
         """Fill the engine from the database: census copy, rules, rule states, baselines, silences."""
         async with self.db.transaction(readonly=True) as session:
-            for doc in await repository.all_ctx(session=session, entity="facility"):
-                self.engine.facilities[doc["code"]] = facility_context(doc)
-            for doc in await repository.all_ctx(session=session, entity="sensor"):
-                self.engine.set_sensor(sensor_context(doc))
-            for doc in await repository.all_ctx(session=session, entity="unit"):
-                self.units[doc["id"]] = doc
+            for entity in ("facility", "sensor", "unit", "link", "risk"):
+                for doc in await repository.all_ctx(session=session, entity=entity):
+                    key = str(doc.get(repository.CTX[entity][1], ""))
+                    self.census_versions[(entity, key)] = int(doc.get("version", 0))
+                    self._hold(entity, doc, rebind=False)
             for row in await repository.live_rules(session=session):
                 self.engine.api_rules[row.id] = rule_spec(dict(row.doc), self.policy)
             for row in await repository.all_states(session=session):
@@ -187,26 +195,53 @@ class AlertsService:
 
     # --- census --------------------------------------------------------------------------------------
 
-    async def apply_assets(self, items: Iterable[tuple[str, bytes]]) -> None:
+    async def apply_assets(self, items: Iterable[tuple[str, bytes]]) -> int:
         """Keep assets' change events ((entity, payload) pairs); older or repeated versions change nothing."""
-        kept: list[tuple[str, dict[str, Any]]] = []
+        docs = []
+        for entity, payload in items:
+            parsed = entity_doc(entity, payload)
+            if parsed is not None:
+                docs.append((entity, *parsed))
+        return await self._keep(docs)
+
+    async def apply_snapshot(self, entity: str, messages: Iterable[Any]) -> int:
+        """Keep entities read from assets' list calls (a snapshot); only newer versions than held count."""
+        return await self._keep([(entity, *message_doc(entity, msg)) for msg in messages])
+
+    async def _keep(self, docs: list[tuple[str, str, int, dict[str, Any]]]) -> int:
+        """Store the newer versions, then apply them in memory; returns how many were newer."""
+        fresh = [d for d in docs if d[1] and d[2] > self.census_versions.get((d[0], d[1]), -1)]
+        if not fresh:
+            return 0
+        kept: list[tuple[str, str, int, dict[str, Any]]] = []
         async with self.db.transaction() as session:
-            for entity, payload in items:
-                parsed = entity_doc(entity, payload)
-                if parsed is None:
-                    continue
-                key, version, doc = parsed
-                if key and await repository.upsert_ctx(
-                    session=session, entity=entity, key=key, version=version, doc=doc
-                ):
-                    kept.append((entity, doc))
-        for entity, doc in kept:
-            if entity == "sensor":
-                self.engine.set_sensor(sensor_context(doc))
-            elif entity == "facility":
+            for entity, key, version, doc in fresh:
+                if await repository.upsert_ctx(session=session, entity=entity, key=key, version=version, doc=doc):
+                    kept.append((entity, key, version, doc))
+        for entity, key, version, doc in kept:
+            self.census_versions[(entity, key)] = max(version, self.census_versions.get((entity, key), -1))
+            self._hold(entity, doc)
+        if any(entity == "link" for entity, *_ in kept) and self.policy.inhibit:
+            # The network changed: which alert is downstream of which may have changed with it.
+            async with self.db.transaction() as session:
+                await self._inhibition_pass(session, set(), every_target=True)
+        return len(kept)
+
+    def _hold(self, entity: str, doc: dict[str, Any], *, rebind: bool = True) -> None:
+        if entity == "sensor":
+            self.engine.set_sensor(sensor_context(doc))
+        elif entity == "facility":
+            if rebind:
                 self.engine.set_facility(facility_context(doc))
             else:
-                self.units[doc["id"]] = doc
+                self.engine.facilities[doc["code"]] = facility_context(doc)
+            self._facility_points[doc["code"]] = points(doc.get("geometry"))
+        elif entity == "unit":
+            self.units[doc["id"]] = doc
+        elif entity == "link":
+            self.network.set_link(doc)
+        elif entity == "risk":
+            self.risks.set_risk(doc)
 
     # --- evaluation -------------------------------------------------------------------------------
 
@@ -252,6 +287,7 @@ class AlertsService:
             return
         async with self.db.transaction() as session:
             breaches: dict[str, _Breaches] = {}
+            moved: set[str] = set()
             for ch in changes:
                 st = engine.states[ch.fingerprint]
                 if ch.kind == "breach":
@@ -267,6 +303,10 @@ class AlertsService:
                             b.at_ms = ch.at_ms
                     continue
                 await self._apply_change(session, ch, st)
+                if st.alert_id is not None:
+                    moved.add(st.alert_id)
+            if moved and self.policy.inhibit:
+                await self._inhibition_pass(session, moved)
             for alert_id, b in breaches.items():
                 await repository.add_breaches(
                     session=session,
@@ -312,9 +352,11 @@ class AlertsService:
         if open_row is None:
             st.alert_id = await self._raise(session, ch, now)
             return
+        # A risk source near the facility raises the rule's level by one.
+        level, risk = self._risk_raised(ch.level, open_row.facility_code)
+        why = _risk_note(risk) if level != ch.level else None
         if ch.kind == "raised":
             # The condition came back while people still handle the alert: the same alert is active again.
-            level = ch.level
             values = {"condition": "active", "cleared_ms": None, "level": str(level), "last_value": _num(ch.value)}
             if SEVERITY[level] > SEVERITY[Level(open_row.peak_level)]:
                 values["peak_level"] = str(level)
@@ -323,28 +365,46 @@ class AlertsService:
                 open_row,
                 kind="raised",
                 values=values,
-                entry={"from_level": open_row.level, "to_level": str(level), "value": _num(ch.value)},
+                entry={"from_level": open_row.level, "to_level": str(level), "value": _num(ch.value), "comment": why},
                 reading_time_ms=ch.at_ms,
             )
             return
-        values = {"level": str(ch.level), "last_value": _num(ch.value), "condition": "active"}
-        if SEVERITY[ch.level] > SEVERITY[Level(open_row.peak_level)]:
-            values["peak_level"] = str(ch.level)
-        state = State(open_row.state)
-        if state is not State.SUPERVISED and not open_row.overdue:
+        if str(level) == open_row.level:
+            return  # e.g. the rule went from II to I while a risk source already held the alert at I
+        await self._change_level(session, open_row, level, value=ch.value, at_ms=ch.at_ms, comment=why)
+
+    async def _change_level(
+        self, session: Any, row: Any, level: Level, *, value: float, at_ms: int, comment: str | None
+    ) -> dict[str, Any]:
+        values = {"level": str(level), "last_value": _num(value), "condition": "active"}
+        if SEVERITY[level] > SEVERITY[Level(row.peak_level)]:
+            values["peak_level"] = str(level)
+        state = State(row.state)
+        if state is not State.SUPERVISED and not row.overdue:
             # Time limits follow the level: an escalated alert is due sooner.
-            step, due_ms = due(
-                self.policy, state=state, level=ch.level, raised_ms=open_row.raised_ms, entered_ms=open_row.state_ms
-            )
+            step, due_ms = due(self.policy, state=state, level=level, raised_ms=row.raised_ms, entered_ms=row.state_ms)
             values.update(due_ms=due_ms, due_step=str(step) if step else None)
-        await self._record(
+        return await self._record(
             session,
-            open_row,
+            row,
             kind="level_changed",
             values=values,
-            entry={"from_level": open_row.level, "to_level": str(ch.level), "value": _num(ch.value)},
-            reading_time_ms=ch.at_ms,
+            entry={"from_level": row.level, "to_level": str(level), "value": _num(value), "comment": comment},
+            reading_time_ms=at_ms,
         )
+
+    def _risk_raised(self, level: Level, facility_code: str) -> tuple[Level, Risk | None]:
+        """The level after the policy's risk-source raise, and the risk source behind it."""
+        conf = self.policy.risk
+        if not conf.enabled:
+            return level, None
+        risk = self.risks.near(
+            facility_code,
+            self._facility_points.get(facility_code, ()),
+            min_grade=conf.min_grade,
+            max_m=conf.max_distance_m,
+        )
+        return (raised_by_one(level), risk) if risk is not None else (level, None)
 
     async def _raise(self, session: Any, ch: Change, now: int) -> str:
         sensor = ch.sensor
@@ -353,14 +413,6 @@ class AlertsService:
         alert_id = str(uuid.uuid4())
         step, due_ms = due(self.policy, state=State.RAISED, level=ch.level, raised_ms=now, entered_ms=now)
         cond = ch.rule.conditions[0] if ch.rule.conditions else None
-        silence = self._silenced(
-            sensor.sensor_id,
-            sensor.facility_code,
-            facility.kind if facility else "",
-            sensor.region,
-            sensor.quantity,
-            now,
-        )
         values = {
             "id": alert_id,
             "fingerprint": ch.fingerprint,
@@ -391,13 +443,23 @@ class AlertsService:
             "due_ms": due_ms,
             "due_step": str(step) if step else None,
             "overdue": False,
-            "suppressed": silence is not None,
-            "suppressed_by": silence,
+            "suppressed": False,
+            "suppressed_by": None,
             "version": 1,
             "seq": 1,
             "first_device_time_ms": ch.at_ms,
         }
+        # Silences and inhibition mark it from the start, so its `raised` event already says suppressed.
+        marks = await self._wanted_marks(session, values, now)
+        values.update(_mark_summary(marks))
         await repository.insert_alert(session=session, values=values)
+        await repository.add_suppressions(
+            session=session,
+            rows=[
+                {"alert_id": alert_id, "source": src, "source_id": sid, "reason": reason, "since_ms": now}
+                for (src, sid), reason in marks.items()
+            ],
+        )
         entry = {
             "alert_id": alert_id,
             "seq": 1,
@@ -416,21 +478,98 @@ class AlertsService:
         }
         await repository.insert_history(session=session, values=entry)
         self._publish(session, "raised", values, entry, ch.at_ms)
+        level, risk = self._risk_raised(ch.level, sensor.facility_code)
+        if risk is not None and level != ch.level:
+            row = await repository.get_alert(session=session, alert_id=alert_id)
+            await self._change_level(session, row, level, value=ch.value, at_ms=ch.at_ms, comment=_risk_note(risk))
         return alert_id
 
-    def _silenced(self, sensor_id: str, facility: str, kind: str, region: str, quantity: str, now: int) -> str | None:
+    # --- suppression: silences and inhibition along the network ----------------------------------
+
+    async def _wanted_marks(self, session: Any, alert: Mapping[str, Any], now: int) -> dict[tuple[str, str], str]:
+        """Every silence and inhibiting alert that should hold this alert suppressed now → the reason."""
+        marks: dict[tuple[str, str], str] = {}
         for s in self._silences:
-            if not (s["starts_ms"] <= now < s["ends_ms"]):
+            if s["starts_ms"] <= now < s["ends_ms"] and _silence_matches(s, alert):
+                marks[("silence", str(s["id"]))] = str(s["comment"])
+        for rule in self.policy.inhibit:
+            if not rule.target.matches(alert):
                 continue
-            if (
-                (not s["sensor_id"] or s["sensor_id"] == sensor_id)
-                and (not s["facility_code"] or s["facility_code"] == facility)
-                and (not s["facility_kind"] or s["facility_kind"] == kind)
-                and (not s["region"] or region.startswith(scope_prefix(s["region"])))
-                and (not s["quantity"] or s["quantity"] == quantity)
-            ):
-                return str(s["id"])
-        return None
+            upstream = self.network.upstream(alert["facility_code"], rule.max_depth)
+            if not upstream:
+                continue
+            for src in await repository.open_alerts(session=session, facility_codes=upstream):
+                a = src._mapping
+                if a["id"] != alert["id"] and a["condition"] == "active" and rule.source.matches(a):
+                    marks[("inhibition", a["id"])] = (
+                        f"{rule.name}: {a['facility_code']} {upstream[a['facility_code']]} link(s) upstream"
+                    )
+        return marks
+
+    async def _resuppress(self, session: Any, alert_ids: Iterable[str]) -> int:
+        """Bring the marks of these open alerts in line with the silences and inhibition that hold now;
+        a change of the alert's suppressed / suppressed_by is recorded (history, event). Returns how many."""
+        ids = set(alert_ids)
+        if not ids:
+            return 0
+        now = self.clock()
+        held: dict[str, dict[tuple[str, str], Any]] = {}
+        for r in await repository.suppressions(session=session, alert_ids=ids):
+            held.setdefault(r.alert_id, {})[(r.source, r.source_id)] = r
+        changed = 0
+        for row in await repository.alerts_by_ids(session=session, ids=ids):
+            if not row.is_open:
+                continue
+            want = await self._wanted_marks(session, row._mapping, now)
+            have = held.get(row.id, {})
+            new = [(key, reason) for key, reason in want.items() if key not in have]
+            await repository.add_suppressions(
+                session=session,
+                rows=[
+                    {"alert_id": row.id, "source": src, "source_id": sid, "reason": reason, "since_ms": now}
+                    for (src, sid), reason in new
+                ],
+            )
+            for src, sid in have.keys() - want.keys():
+                await repository.remove_suppression(session=session, alert_id=row.id, source=src, source_id=sid)
+            kept = sorted(
+                [(have[k].since_ms, k[1], have[k].reason) for k in have.keys() & want.keys()]
+                + [(now, k[1], reason) for k, reason in new]
+            )
+            summary = {"suppressed": bool(kept), "suppressed_by": kept[0][1] if kept else None}
+            if (summary["suppressed"], summary["suppressed_by"]) == (row.suppressed, row.suppressed_by):
+                continue
+            kind = "suppressed" if kept else "unsuppressed"
+            note = f"{kept[0][1]}: {kept[0][2]}" if kept else f"{row.suppressed_by}: ended"
+            await self._record(session, row, kind=kind, values=summary, entry={"comment": note})
+            changed += 1
+        return changed
+
+    async def _inhibition_pass(self, session: Any, alert_ids: set[str], *, every_target: bool = False) -> int:
+        """Re-mark the alerts these (new, moved, cleared or closed) alerts may inhibit or be inhibited by."""
+        check: set[str] = set()
+        rules = self.policy.inhibit
+        if alert_ids:
+            check |= set(await repository.suppressed_by(session=session, source_ids=alert_ids))
+            for row in await repository.alerts_by_ids(session=session, ids=alert_ids):
+                a = row._mapping
+                for rule in rules:
+                    if rule.target.matches(a):
+                        check.add(row.id)
+                    # Whatever its level now: a source stepping down below min_level releases its targets.
+                    if rule.source.matches(a, check_level=False):
+                        below = self.network.downstream(a["facility_code"], rule.max_depth)
+                        if below:
+                            targets = await repository.open_alerts(session=session, facility_codes=below)
+                            check |= {t.id for t in targets if rule.target.matches(t._mapping)}
+        if every_target:
+            quantities = (
+                None if any(not r.target.quantity for r in rules) else {q for r in rules for q in r.target.quantity}
+            )
+            for row in await repository.open_alerts(session=session, quantities=quantities):
+                if row.suppressed or any(r.target.matches(row._mapping) for r in rules):
+                    check.add(row.id)
+        return await self._resuppress(session, check)
 
     async def _record(
         self,
@@ -562,6 +701,8 @@ class AlertsService:
             )
             if to_state in TERMINAL:
                 self._forget_alert(row.fingerprint, row.id)
+                if self.policy.inhibit:
+                    await self._inhibition_pass(session, {row.id})  # a closed alert inhibits nothing
         audit(
             principal=principal,
             action=f"alert.{to_state}",
@@ -841,9 +982,18 @@ class AlertsService:
         self._visible(
             doc["region"] or self.region, principal, action="silence.create", resource="silences", source=source
         )
-        async with self.db.transaction() as session:
-            await repository.insert_silence(session=session, values=doc)
+        # Held before the transaction so that marking the alerts already open sees it; dropped on failure.
         self._silences.append(doc)
+        try:
+            async with self.db.transaction() as session:
+                await repository.insert_silence(session=session, values=doc)
+                if doc["starts_ms"] <= now:
+                    await self._resuppress(session, await self._silence_targets(session, doc))
+        except BaseException:
+            self._silences.remove(doc)
+            raise
+        if doc["starts_ms"] <= now:
+            self._silences_started.add(doc["id"])
         audit(
             principal=principal,
             action="silence.create",
@@ -871,9 +1021,20 @@ class AlertsService:
             )
             ends = min(row.ends_ms, now)
             await repository.end_silence(session=session, silence_id=silence_id, ends_ms=ends)
-        for s in self._silences:
-            if s["id"] == silence_id:
-                s["ends_ms"] = ends
+            held = next((s for s in self._silences if s["id"] == silence_id), None)
+            previous = held["ends_ms"] if held is not None else None
+            if held is not None:
+                held["ends_ms"] = ends
+            try:
+                # The alerts it held are un-marked unless another silence or an inhibition still holds them.
+                await self._resuppress(
+                    session, await repository.suppressed_by(session=session, source_ids=[silence_id])
+                )
+            except BaseException:
+                if held is not None:
+                    held["ends_ms"] = previous
+                raise
+        self._silences_ended.add(silence_id)
         audit(
             principal=principal,
             action="silence.expire",
@@ -882,6 +1043,28 @@ class AlertsService:
             source=source,
         )
         return dict(row._mapping) | {"ends_ms": ends, "expired": True}
+
+    async def _silence_targets(self, session: Any, silence: Mapping[str, Any]) -> list[str]:
+        return [r.id for r in await repository.open_alerts(session=session) if _silence_matches(silence, r._mapping)]
+
+    async def check_silences(self) -> int:
+        """Mark the open alerts of silences that started, un-mark those of silences that ended (the timer's
+        job; creating and expiring a silence over the API does it at once). Returns how many alerts moved."""
+        now = self.clock()
+        started = [
+            s for s in self._silences if s["starts_ms"] <= now < s["ends_ms"] and s["id"] not in self._silences_started
+        ]
+        ended = [s["id"] for s in self._silences if s["ends_ms"] <= now and s["id"] not in self._silences_ended]
+        if not (started or ended):
+            return 0
+        async with self.db.transaction() as session:
+            ids = set(await repository.suppressed_by(session=session, source_ids=ended)) if ended else set()
+            for s in started:
+                ids |= set(await self._silence_targets(session, s))
+            moved = await self._resuppress(session, ids)
+        self._silences_started |= {s["id"] for s in started}
+        self._silences_ended |= set(ended)
+        return moved
 
     async def list_silences(self, *, principal: Principal, include_expired: bool = False) -> list[dict[str, Any]]:
         require_any_role(principal, READER_ROLES)
@@ -893,6 +1076,27 @@ class AlertsService:
 
 def _num(v: float) -> float | None:
     return None if math.isnan(v) else v
+
+
+def _silence_matches(s: Mapping[str, Any], alert: Mapping[str, Any]) -> bool:
+    return bool(
+        (not s["sensor_id"] or s["sensor_id"] == alert["sensor_id"])
+        and (not s["facility_code"] or s["facility_code"] == alert["facility_code"])
+        and (not s["facility_kind"] or s["facility_kind"] == alert["facility_kind"])
+        and (not s["region"] or alert["region"].startswith(scope_prefix(s["region"])))
+        and (not s["quantity"] or s["quantity"] == alert["quantity"])
+    )
+
+
+def _mark_summary(marks: Mapping[tuple[str, str], str]) -> dict[str, Any]:
+    """The alert's ``suppressed`` / ``suppressed_by`` for marks taken at the same time (lowest id first)."""
+    first = min((sid for _, sid in marks), default=None)
+    return {"suppressed": first is not None, "suppressed_by": first}
+
+
+def _risk_note(risk: Risk | None) -> str | None:
+    """The history's note of a level raised by a risk source (its id, machine-readable)."""
+    return f"risk_source:{risk.id} grade {risk.grade}" if risk is not None else None
 
 
 def _rule_row(doc: dict[str, Any]) -> dict[str, Any]:

@@ -25,5 +25,9 @@ class AlertsSettings(ServiceSettings):
     # linger: ingest already batches readings (hundreds per message) and most batches write nothing.
     consumer_batch: int = 64
     consumer_linger_s: float = 0.0
-    # How often the workflow's time limits are checked.
+    # How often the workflow's time limits (and silences starting or ending) are checked.
     timer_interval_s: float = 5.0
+    # gRPC address of the instance's assets service, for the census snapshot at start and every
+    # census_resync_s (the launcher sets it when assets runs in the instance); empty: events only.
+    assets_grpc: str = ""
+    census_resync_s: float = 600.0
