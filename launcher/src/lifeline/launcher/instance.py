@@ -30,7 +30,7 @@ log = logging.getLogger("lifeline.launcher")
 # Every service of an instance, in start order ("module:Class", imported only when it runs).
 # Adding a service is one line here; the tier rules below already know the planned ones.
 SERVICES: dict[str, str] = {
-    # The census first: ingest's sensor registry follows it.
+    # The census first: ingest's sensor registry and alerts' census copy read it.
     "assets": "lifeline.assets.app:AssetsApp",
     "ingest": "lifeline.ingest.app:IngestApp",
     "alerts": "lifeline.alerts.app:AlertsApp",
