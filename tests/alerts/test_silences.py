@@ -94,3 +94,19 @@ async def test_over_rest_a_silence_suppresses_then_expires(
     assert subject == f"events.alerts.unsuppressed.{REGION}" and not ev.alert.suppressed
     got = (await client.get(f"/v1/alerts/{alert_id}")).json()
     assert not got["suppressed"] and [h["kind"] for h in got["history"]] == ["raised", "suppressed", "unsuppressed"]
+
+
+async def test_a_silence_that_ended_while_alerts_was_down_is_unmarked_after_the_restart(
+    service: AlertsService, clock
+) -> None:
+    alert_id = await raise_alert(service)
+    a = await service.get_alert(alert_id=alert_id, principal=OPERATOR)
+    sid = await silence(service, lasts_s=60, facility_code=a["facility_code"])
+    assert (await state(service, alert_id))[:2] == (True, sid)
+    clock.advance(61)
+    restarted = AlertsService(
+        region="340100", catalogue=service.catalogue, policy=service.policy, db=service.db, clock=clock
+    )
+    await restarted.load()
+    assert await restarted.check_silences() == 1
+    assert await state(restarted, alert_id) == (False, None, ["raised", "suppressed", "unsuppressed"])

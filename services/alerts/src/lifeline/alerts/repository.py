@@ -149,6 +149,13 @@ async def suppressed_by(*, session: AsyncSession, source_ids: Iterable[str]) -> 
     return list((await (await _conn(session)).execute(stmt)).scalars().all())
 
 
+async def suppression_sources(*, session: AsyncSession, source: str) -> set[str]:
+    """Ids of the silences (or inhibiting alerts) that hold at least one alert suppressed."""
+    c = m.alert_suppressions.c
+    stmt = select(c.source_id).where(c.source == source).distinct()
+    return set((await (await _conn(session)).execute(stmt)).scalars().all())
+
+
 async def add_suppressions(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         await (await _conn(session)).execute(insert(m.alert_suppressions), list(rows))

@@ -191,6 +191,10 @@ class AlertsService:
                     hist = self.engine.hourly[row.sensor_id] = HourlyHistory(days)
                 hist.hours[row.hour] = row.mean
             self._silences = [dict(r._mapping) for r in await repository.silences(session=session)]
+            # Ended silences that hold no alert need no pass of the timer (it checks the others once).
+            holding = await repository.suppression_sources(session=session, source="silence")
+            now = self.clock()
+            self._silences_ended = {s["id"] for s in self._silences if s["ends_ms"] <= now and s["id"] not in holding}
         self.engine.rebind()
 
     # --- census --------------------------------------------------------------------------------------
