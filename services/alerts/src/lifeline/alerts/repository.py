@@ -36,9 +36,12 @@ async def upsert_ctx(*, session: AsyncSession, entity: str, key: str, version: i
         return False
     if current is None:
         await conn.execute(insert(table).values({key_col: key, "version": version, "doc": doc}))
-    else:
-        await conn.execute(update(table).where(table.c[key_col] == key).values(version=version, doc=doc))
-    return True
+        return True
+    # Conditional: the snapshot and the events consumer may write the same entity at the same time.
+    res = await conn.execute(
+        update(table).where(table.c[key_col] == key, table.c.version < version).values(version=version, doc=doc)
+    )
+    return bool(res.rowcount)
 
 
 async def all_ctx(*, session: AsyncSession, entity: str) -> list[dict[str, Any]]:

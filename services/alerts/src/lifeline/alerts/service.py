@@ -223,7 +223,9 @@ class AlertsService:
                 if await repository.upsert_ctx(session=session, entity=entity, key=key, version=version, doc=doc):
                     kept.append((entity, key, version, doc))
         for entity, key, version, doc in kept:
-            self.census_versions[(entity, key)] = max(version, self.census_versions.get((entity, key), -1))
+            if version < self.census_versions.get((entity, key), -1):
+                continue  # a newer version came in meanwhile (snapshot and events run side by side)
+            self.census_versions[(entity, key)] = version
             self._hold(entity, doc)
         if any(entity == "link" for entity, *_ in kept) and self.policy.inhibit:
             # The network changed: which alert is downstream of which may have changed with it.
