@@ -121,3 +121,24 @@ async def test_a_retired_risk_source_no_longer_raises(service: AlertsService) ->
     retired = assets_pb2.RiskSource(id=rid, grade=GRADE["II"], facility_codes=[code], retired=True, version=2)
     await service.apply_assets([("risk", assets_pb2.RiskSourceChanged(change=3, risk=retired).SerializeToString())])
     assert (await raise_at(service, sid, 6.0))["level"] == "IV"
+
+
+async def test_a_risk_source_registered_or_retired_while_the_alert_is_open_moves_its_level(
+    service: AlertsService,
+) -> None:
+    code, sid = await gas_facility(service)
+    a = await raise_at(service, sid, 12.0)  # III
+    assert a["level"] == "III"
+    rid, event = risk("I", facility_codes=(code,))
+    await service.apply_assets([event])
+    a = await service.get_alert(alert_id=a["id"], principal=OPERATOR)
+    assert a["level"] == "II" and rid in a["history"][-1]["comment"]
+    retired = assets_pb2.RiskSource(id=rid, grade=GRADE["I"], facility_codes=[code], retired=True, version=2)
+    await service.apply_assets([("risk", assets_pb2.RiskSourceChanged(change=3, risk=retired).SerializeToString())])
+    a = await service.get_alert(alert_id=a["id"], principal=OPERATOR)
+    assert a["level"] == "III" and a["peak_level"] == "II"
+    assert [(h["kind"], h["to_level"]) for h in a["history"]] == [
+        ("raised", "III"),
+        ("level_changed", "II"),
+        ("level_changed", "III"),
+    ]

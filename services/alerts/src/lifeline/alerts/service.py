@@ -227,11 +227,32 @@ class AlertsService:
                 continue  # a newer version came in meanwhile (snapshot and events run side by side)
             self.census_versions[(entity, key)] = version
             self._hold(entity, doc)
-        if any(entity == "link" for entity, *_ in kept) and self.policy.inhibit:
+        entities = {entity for entity, *_ in kept}
+        if "link" in entities and self.policy.inhibit:
             # The network changed: which alert is downstream of which may have changed with it.
             async with self.db.transaction() as session:
                 await self._inhibition_pass(session, set(), every_target=True)
+        if "risk" in entities or "facility" in entities:
+            async with self.db.transaction() as session:
+                await self._reassess_risk(session)
         return len(kept)
+
+    async def _reassess_risk(self, session: Any) -> int:
+        """Bring open, active alerts to their rule's level plus the raise of the risk sources near now
+        (a risk source registered, moved or retired while the alert is open). Returns how many moved."""
+        moved = 0
+        for row in await repository.open_alerts(session=session):
+            st = self.engine.states.get(row.fingerprint)
+            if row.condition != "active" or st is None or st.firing is None or st.alert_id != row.id:
+                continue
+            level, risk = self._risk_raised(st.firing, row.facility_code)
+            if str(level) == row.level:
+                continue
+            note = _risk_note(risk) if risk is not None else f"risk_source: none near any more (rule level {st.firing})"
+            value = row.last_value if row.last_value is not None else math.nan
+            await self._change_level(session, row, level, value=value, at_ms=0, comment=note)
+            moved += 1
+        return moved
 
     def _hold(self, entity: str, doc: dict[str, Any], *, rebind: bool = True) -> None:
         if entity == "sensor":
