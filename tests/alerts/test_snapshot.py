@@ -131,13 +131,13 @@ async def test_a_fresh_alerts_fills_its_copy_from_a_running_assets(
     alerts = await start_alerts(service_runner, database_url, assets.grpc.address)
 
     async def filled() -> bool:
-        return held(alerts.service, ids)
+        return alerts.snapshot is not None and alerts.snapshot.ready
 
     await wait_until(filled)
     svc = alerts.service
+    assert held(svc, ids)
     assert svc.network.downstream(ids["up"], 1) == {ids["down"]: 1}
     assert svc.engine.facilities[ids["down"]].unit_id == ids["unit"]
-    assert alerts.snapshot is not None and alerts.snapshot.ready
     assert alerts.http is not None
     r = await http.get(f"{alerts.http.url}/readyz")
     assert r.status_code == 200, r.text
@@ -149,6 +149,7 @@ async def test_a_fresh_alerts_fills_its_copy_from_a_running_assets(
         return ids["link"] not in svc.network.links
 
     await wait_until(retired)
+    assert alerts.snapshot is not None
     assert await alerts.snapshot.read() == 0  # nothing newer than what the events brought
     assert ids["link"] not in svc.network.links
 
