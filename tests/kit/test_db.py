@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from textwrap import dedent
@@ -364,3 +366,47 @@ async def test_custom_version_table(database_url: str, tmp_path: Path) -> None:
     tables = await _tables(database_url)
     assert "ingest_alembic_version" in tables
     assert "alembic_version" not in tables
+
+
+_MIGRATE_AND_SAY_IF_ALEMBIC_RAN = (
+    "import asyncio, sys\n"
+    "from lifeline.kit.migrations import migrate\n"
+    "asyncio.run(migrate(sys.argv[1], sys.argv[2]))\n"
+    "print('alembic' in sys.modules)\n"
+)
+
+
+def test_migrate_at_heads_leaves_alembic_unimported(database_url: str, tmp_path: Path) -> None:
+    # A restart finds the schema at head without Alembic (~12 MB of a service's memory); a database
+    # behind the scripts still goes through it.
+    location = write_migrations(tmp_path)
+
+    def alembic_imported() -> bool:
+        cmd = [sys.executable, "-c", _MIGRATE_AND_SAY_IF_ALEMBIC_RAN, database_url, str(location)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+        return out.strip().splitlines()[-1] == "True"
+
+    assert alembic_imported()
+    assert not alembic_imported()
+    (location / "versions" / "0002_gadget.py").write_text(
+        dedent(
+            """
+            import sqlalchemy as sa
+            from alembic import op
+
+            revision: str = "0002"
+            down_revision: str | None = "0001"
+
+
+            def upgrade() -> None:
+                op.create_table("gadget", sa.Column("id", sa.Integer, primary_key=True))
+
+
+            def downgrade() -> None:
+                op.drop_table("gadget")
+            """
+        )
+    )
+    assert alembic_imported()
+    assert "gadget" in asyncio.run(_tables(database_url))
+    assert not alembic_imported()

@@ -9,24 +9,27 @@ Each service keeps hand-written migrations in its own folder (``lifeline/<servic
 
 ``migrate(url, script_location)`` runs ``alembic upgrade heads`` in one transaction on an async
 engine, so a failing migration leaves the schema as it was (PostgreSQL and, thanks to the real
-transactions set up in ``lifeline.kit.db``, SQLite too).
+transactions set up in ``lifeline.kit.db``, SQLite too). A database already at the scripts' heads (every
+restart) is recognised without Alembic, which is then never imported: it is ~12 MB of a service's RSS.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import Connection, make_url
 
 from lifeline.kit.db import create_engine
 from lifeline.kit.outbox import outbox_metadata
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = ["MigrationError", "alembic_config", "migrate", "run_env"]
 
@@ -44,6 +47,8 @@ def alembic_config(
     version_table: str = DEFAULT_VERSION_TABLE,
 ) -> Config:
     """An in-memory Alembic Config for a service's migration folder (for ``alembic.command``)."""
+    from alembic.config import Config
+
     config = Config()
     # ConfigParser interpolates '%', which may appear in paths and URL-encoded passwords.
     config.set_main_option("script_location", str(script_location).replace("%", "%%"))
@@ -65,6 +70,8 @@ async def migrate(
     The default is every head: a concept inside a service (say alerts' notifications) may keep its tables
     on a branch of its own (``branch_labels``), so its migrations never race the main line's numbering.
     """
+    if revision == "heads" and await _at_heads(url, Path(script_location), version_table):
+        return
     config = alembic_config(script_location, url=url, version_table=version_table)
     # Schema changes on SQLite (batch mode recreates tables) need foreign keys off; integrity is
     # checked with PRAGMA foreign_key_check before commit instead, as SQLite's docs prescribe.
@@ -84,7 +91,52 @@ async def migrate(
         await engine.dispose()
 
 
+def script_heads(script_location: Path) -> set[str]:
+    """The head revisions of a migration folder, read from its scripts' ``revision`` / ``down_revision``
+    assignments (empty when a script does not spell them as literals: then Alembic decides)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (script_location / "versions").glob("*.py"):
+        found: dict[str, Any] = {}
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                try:
+                    found[target.id] = ast.literal_eval(value)
+                except ValueError:
+                    return set()
+        if not isinstance(found.get("revision"), str):
+            return set()
+        revisions.add(found["revision"])
+        down = found.get("down_revision")
+        parents.update([down] if isinstance(down, str) else down or ())
+    return revisions - parents
+
+
+async def _at_heads(url: str, script_location: Path, version_table: str) -> bool:
+    """True when the database's version table holds exactly the scripts' heads (nothing to upgrade)."""
+    heads = script_heads(script_location)
+    if not heads:
+        return False
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as conn:
+            if not await conn.run_sync(lambda c: sa.inspect(c).has_table(version_table)):
+                return False
+            rows = await conn.execute(sa.text(f'SELECT version_num FROM "{version_table}"'))
+            return {str(r[0]) for r in rows} == heads
+    finally:
+        await engine.dispose()
+
+
 def _run_command(connection: Connection, config: Config, revision: str) -> None:
+    from alembic import command
+
     config.attributes["connection"] = connection
     try:
         command.upgrade(config, revision)
