@@ -1017,7 +1017,10 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     if args.cmd == "serve":
-        return asyncio.run(serve(args.profile))
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(serve(args.profile))
     return run_cli(args)
 
 

@@ -78,9 +78,7 @@ async def test_metrics_expose_counters_you_increment() -> None:
     suffix = uuid.uuid4().hex[:8]
     plain = Counter(f"lifeline_test_plain_{suffix}", "A prometheus_client counter")
     plain.inc(3)
-    otel = get_meter("lifeline.test").create_counter(
-        f"lifeline.test.otel_{suffix}", description="An OTel counter"
-    )
+    otel = get_meter("lifeline.test").create_counter(f"lifeline.test.otel_{suffix}", description="An OTel counter")
     otel.add(5, {"region": "340100"})
 
     app = create_http_app(title="demo", version="1.0")
@@ -158,3 +156,66 @@ async def test_serve_http_reports_a_failing_lifespan() -> None:
 
     with pytest.raises(RuntimeError, match="failed to start"):
         await serve_http(create_http_app(title="demo", version="1.0", lifespan=lifespan), "127.0.0.1", 0)
+
+
+async def test_fast_route_answers_ahead_of_fastapi_with_the_same_problems_and_a_server_span() -> None:
+    from fastapi import HTTPException
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from lifeline.kit.http import FastRequest, FastResponse, add_fast_route
+    from lifeline.kit.problems import ProblemError
+
+    exporter = InMemorySpanExporter()
+    setup_telemetry(InstanceSettings(log_json=True), span_exporter=exporter)
+    app = create_http_app(title="fast", version="1.0")
+
+    @app.post("/echo")
+    async def slow_echo() -> dict[str, str]:
+        return {"via": "fastapi"}
+
+    @app.get("/echo")
+    async def get_echo() -> dict[str, str]:
+        return {"via": "fastapi"}
+
+    async def echo(request: FastRequest) -> FastResponse:
+        body = await request.body(8, lambda limit: ProblemError(413, detail=f"more than {limit} bytes"))
+        if body == b"busy":
+            raise ProblemError(503, detail="problem.service_unavailable", retry_after=3)
+        if body == b"who":
+            raise HTTPException(401, detail="missing_token: no token", headers={"WWW-Authenticate": "Bearer"})
+        if body == b"boom":
+            raise RuntimeError("bug")
+        return FastResponse(b'{"via":"fast","body":"' + body + b'","client":"' + str(request.client).encode() + b'"}')
+
+    add_fast_route(app, "POST", "/echo", echo)
+    server = await serve_http(app, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            ok = await client.post("/echo", content=b"hi", headers={"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+            assert ok.status_code == 200 and ok.json()["via"] == "fast" and ok.json()["body"] == "hi"
+            assert ok.json()["client"].startswith("127.0.0.1:")
+            assert (await client.get("/echo")).json() == {"via": "fastapi"}, "other methods go to FastAPI"
+
+            busy = await client.post("/echo", content=b"busy", headers={"Accept-Language": "en"})
+            assert busy.status_code == 503 and busy.headers["Retry-After"] == "3"
+            assert busy.headers["content-type"] == "application/problem+json"
+            assert busy.headers["Content-Language"] == "en" and busy.json()["instance"] == "/echo"
+            assert (await client.post("/echo", content=b"busy")).headers["Content-Language"] == "zh-CN"
+
+            who = await client.post("/echo", content=b"who")
+            assert who.status_code == 401 and who.headers["WWW-Authenticate"] == "Bearer"
+            assert who.json()["detail"] == "missing_token: no token"
+
+            big = await client.post("/echo", content=b"x" * 100)
+            assert big.status_code == 413 and big.json()["detail"] == "more than 8 bytes"
+
+            boom = await client.post("/echo", content=b"boom")
+            assert boom.status_code == 500 and len(boom.json()["trace_id"]) == 32
+    finally:
+        await server.stop()
+    spans = [s for s in exporter.get_finished_spans() if s.name == "POST /echo"]
+    assert len(spans) == 6 and all(s.kind == SpanKind.SERVER for s in spans)
+    assert spans[0].context.trace_id == int("ab" * 16, 16), "the caller's trace continues"
+    assert spans[0].attributes["http.status_code"] == 200
+    assert [s.status.is_ok for s in spans] == [True, False, False, True, True, False], "5xx are errors"

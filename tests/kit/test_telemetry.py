@@ -99,9 +99,7 @@ def test_injected_headers_give_a_consumer_span_in_the_same_trace(exporter: InMem
     assert headers["traceparent"].startswith("00-")
 
     assert trace.get_current_span().get_span_context().is_valid is False
-    with consume_span(
-        "readings.340100 process", headers, **{"messaging.consumer.group.name": "alerts"}
-    ) as span:
+    with consume_span("readings.340100 process", headers, **{"messaging.consumer.group.name": "alerts"}) as span:
         assert span.is_recording()
 
     producer, consumer = exporter.get_finished_spans()
@@ -198,3 +196,20 @@ def test_formatters_carry_trace_ids_extras_and_exceptions(exporter: InMemorySpan
     assert "ValueError: boom" in entry["exception"]
     assert format(plain_span.get_span_context().trace_id, "032x") in second
     assert "plain line" in second
+
+
+def test_new_traces_are_recorded_only_while_spans_are_exported() -> None:
+    from opentelemetry.sdk.trace.sampling import Decision
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    from lifeline.kit.telemetry import _ExportedOnly
+
+    sampler = _ExportedOnly(1.0)
+    assert sampler.should_sample(None, 1, "root").decision == Decision.DROP, "no exporter: nothing to record"
+    sampled_caller = set_span_in_context(
+        NonRecordingSpan(SpanContext(7, 9, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)))
+    )
+    assert sampler.should_sample(sampled_caller, 7, "child").decision == Decision.RECORD_AND_SAMPLE
+    sampler.exporting = True
+    assert sampler.should_sample(None, 1, "root").decision == Decision.RECORD_AND_SAMPLE
+    assert _ExportedOnly(0.0).should_sample(None, 1, "root").decision == Decision.DROP

@@ -139,7 +139,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     setup_telemetry(settings)
     runner = run_processes if args.processes else run_single_process
-    return asyncio.run(runner(settings, names))
+    # uvloop (uvicorn[standard] brings it): socket I/O in C, a third less CPU for a small request.
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
+        return loop.run(runner(settings, names))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ __all__ = [
     "PrincipalDep",
     "TokenRequestError",
     "TokenVerifier",
+    "authenticate",
     "current_principal",
     "ensure_region",
     "get_principal",
@@ -140,11 +141,7 @@ class Principal:
         client_id = claims.get("azp") or claims.get("client_id") or ""
         realm_access = claims.get("realm_access")
         raw_roles = realm_access.get("roles", []) if isinstance(realm_access, Mapping) else []
-        roles = (
-            frozenset(r for r in raw_roles if isinstance(r, str))
-            if isinstance(raw_roles, list)
-            else frozenset()
-        )
+        roles = frozenset(r for r in raw_roles if isinstance(r, str)) if isinstance(raw_roles, list) else frozenset()
         region = claims.get("region")
         # A Keycloak user attribute mapper may emit a single-valued attribute as a one-element list.
         if isinstance(region, list) and len(region) == 1:
@@ -261,9 +258,7 @@ class TokenVerifier:
             if not isinstance(meta, dict) or not isinstance(meta.get("jwks_uri"), str):
                 raise ValueError("discovery document has no jwks_uri")
             if str(meta.get("issuer", "")).rstrip("/") != self.issuer:
-                raise AuthError(
-                    "issuer_unavailable", f"discovery document names issuer {meta.get('issuer')!r}"
-                )
+                raise AuthError("issuer_unavailable", f"discovery document names issuer {meta.get('issuer')!r}")
             resp = await client.get(meta["jwks_uri"])
             resp.raise_for_status()
             data = resp.json()
@@ -312,10 +307,7 @@ class TokenVerifier:
             async with self._lock:
                 # Another request may have refreshed while this one waited for the lock; and refetches
                 # are rate-limited so a flood of tokens with made-up kids cannot hammer the issuer.
-                recently = (
-                    self._fetched_at is not None
-                    and time.monotonic() - self._fetched_at < self.refetch_interval
-                )
+                recently = self._fetched_at is not None and time.monotonic() - self._fetched_at < self.refetch_interval
                 if self._needs_fetch(kid) and not recently:
                     try:
                         await self.refresh_keys()
@@ -323,9 +315,7 @@ class TokenVerifier:
                         if self._loaded_at is None:
                             raise
                         # Keep verifying with the keys we have while the issuer is briefly away.
-                        log.warning(
-                            "JWKS refresh of %s failed; keeping %d cached keys", self.issuer, len(self._keys)
-                        )
+                        log.warning("JWKS refresh of %s failed; keeping %d cached keys", self.issuer, len(self._keys))
         if self._loaded_at is None:
             raise AuthError("issuer_unavailable", f"the signing keys of {self.issuer} are not available")
         if kid is None:
@@ -353,9 +343,7 @@ class TokenVerifier:
         if alg != _ALLOWED_ALG:
             raise AuthError("unsupported_alg", f"token algorithm {alg!r} is not accepted (RS256 only)")
         if "crit" in header:
-            raise AuthError(
-                "invalid_token", "token has critical header extensions this service does not understand"
-            )
+            raise AuthError("invalid_token", "token has critical header extensions this service does not understand")
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
             raise AuthError("invalid_token", f"token type {typ!r} is not an access token")
@@ -460,15 +448,23 @@ def _http_error(err: AuthError) -> HTTPException:
     )
 
 
-async def get_principal(request: Request) -> Principal:
-    """FastAPI dependency: the caller's principal from ``Authorization: Bearer`` (401/403 otherwise)."""
-    verifier = getattr(request.app.state, "token_verifier", None)
+async def authenticate(app: Any, authorization: str | None) -> Principal:
+    """The principal of an ``Authorization`` header value, verified by ``app.state.token_verifier``.
+
+    Raises HTTPException 401/403/503 with the ``WWW-Authenticate`` challenge (rendered as problem details).
+    """
+    verifier = getattr(app.state, "token_verifier", None)
     if not isinstance(verifier, TokenVerifier):
         raise RuntimeError("app.state.token_verifier is not set to a TokenVerifier")
     try:
-        return await verifier.verify_authorization(request.headers.get("authorization"))
+        return await verifier.verify_authorization(authorization)
     except AuthError as err:
         raise _http_error(err) from err
+
+
+async def get_principal(request: Request) -> Principal:
+    """FastAPI dependency: the caller's principal from ``Authorization: Bearer`` (401/403 otherwise)."""
+    return await authenticate(request.app, request.headers.get("authorization"))
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -509,9 +505,7 @@ DEFAULT_PUBLIC_METHODS: Final = frozenset(
     }
 )
 
-_principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
-    "lifeline_principal", default=None
-)
+_principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("lifeline_principal", default=None)
 
 
 def current_principal() -> Principal:
@@ -571,9 +565,7 @@ class AuthInterceptor(_ServerInterceptor):
             return await self._verifier.verify_authorization(authorization)
         except AuthError as err:
             if err.code == "missing_token":
-                err = AuthError(
-                    err.code, "no bearer token: send metadata 'authorization: Bearer <access token>'"
-                )
+                err = AuthError(err.code, "no bearer token: send metadata 'authorization: Bearer <access token>'")
             await self._abort(context, err)
             raise  # unreachable: abort raises
 
@@ -642,9 +634,7 @@ class AuthInterceptor(_ServerInterceptor):
 
             return authenticated_writer
 
-        async def authenticated_stream(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+        async def authenticated_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             principal = await self._authenticate(context)
             token = _principal_var.set(principal)
             try:

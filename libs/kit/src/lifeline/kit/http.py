@@ -3,28 +3,53 @@
 :func:`create_http_app` gives every service the same probes (``/healthz``, ``/readyz``), Prometheus
 ``/metrics``, problem details and tracing. :func:`serve_http` runs an app on the current loop without
 touching signal handlers, so that one process can host several services and the launcher owns shutdown.
+
+:func:`add_fast_route` serves one hot route as plain ASGI in front of FastAPI's middleware and routing,
+which cost more than the work of a small request (a one-reading POST): same problem details, same
+server span, the handler parses and authenticates itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lifeline.kit.i18n import DEFAULT_LANGUAGE
-from lifeline.kit.problems import install_problem_handlers
-from lifeline.kit.telemetry import instrument_fastapi
+from lifeline.kit.i18n import DEFAULT_LANGUAGE, negotiate
+from lifeline.kit.problems import (
+    PROBLEM_MEDIA_TYPE,
+    ProblemError,
+    _http_problem,
+    _internal_problem,
+    _record_unhandled,
+    install_problem_handlers,
+)
+from lifeline.kit.telemetry import extract_trace_context, instrument_fastapi
 
-__all__ = ["HttpServer", "ReadinessCheck", "create_http_app", "serve_http"]
+__all__ = [
+    "FastRequest",
+    "FastResponse",
+    "HttpServer",
+    "ReadinessCheck",
+    "add_fast_route",
+    "create_http_app",
+    "serve_http",
+]
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
@@ -60,6 +85,7 @@ def create_http_app(
     app.state.readiness = dict(readiness or {})
     install_problem_handlers(app, default_language=default_language)
     instrument_fastapi(app)
+    _install_fast_routes(app, default_language)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -86,6 +112,158 @@ def create_http_app(
         return Response(encoder(REGISTRY), media_type=content_type)
 
     return app
+
+
+# --- fast routes -------------------------------------------------------------------------------------------
+
+_tracer = trace.get_tracer("lifeline.kit.http")
+
+
+class FastRequest:
+    """What a fast route's handler gets: the ASGI scope, its headers by lower-case name, and the body."""
+
+    __slots__ = ("_receive", "headers", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self._receive = receive
+        # A handful of headers: one dict is cheaper than a search per header asked for.
+        self.headers: dict[str, str] = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+    @property
+    def app(self) -> Any:
+        """The FastAPI application (its ``state`` carries the service's objects)."""
+        return self.scope["app"]
+
+    @property
+    def client(self) -> str | None:
+        """``host:port`` of the caller, for the audit log."""
+        client = self.scope.get("client")
+        return f"{client[0]}:{client[1]}" if client else None
+
+    async def body(self, limit: int, too_large: Callable[[int], ProblemError]) -> bytes:
+        """The request body; ``too_large(limit)`` is raised as soon as it exceeds ``limit`` bytes."""
+        declared = self.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _ClientGone(Exception):
+    """The client went away before its request body arrived: there is no one to answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class FastResponse:
+    body: bytes
+    status: int = 200
+    media_type: str = "application/json"
+
+
+FastHandler = Callable[[FastRequest], Awaitable[FastResponse]]
+
+
+def add_fast_route(app: FastAPI, method: str, path: str, handler: FastHandler) -> None:
+    """Serve ``method path`` (exact path) with ``handler`` ahead of FastAPI's middleware and routing.
+
+    The handler raises ProblemError (or HTTPException, as auth does) for a whole-request error; it is
+    rendered as by the app's problem handlers. A SERVER span named ``"<method> <path>"`` covers the
+    request, continuing the caller's trace. Keep the FastAPI route too, for the OpenAPI description.
+    """
+    app.state.fast_routes[(method.upper(), path)] = handler
+
+
+def _install_fast_routes(app: FastAPI, default_language: str) -> None:
+    routes: dict[tuple[str, str], FastHandler] = {}
+    app.state.fast_routes = routes
+    build = app.build_middleware_stack  # already wrapped by the OpenTelemetry instrumentation
+
+    def build_middleware_stack() -> ASGIApp:
+        return _FastRoutes(build(), routes, default_language)
+
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
+
+
+class _FastRoutes:
+    def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], FastHandler], default_language: str) -> None:
+        self.app = app
+        self.routes = routes
+        self.default_language = default_language
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self.routes.get((scope.get("method", ""), scope.get("path", ""))) if self.routes else None
+        if handler is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = FastRequest(scope, receive)
+        path = scope["path"]
+        span = _tracer.start_span(
+            f"{scope['method']} {path}",
+            context=extract_trace_context(request.headers),
+            kind=trace.SpanKind.SERVER,
+        )
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "http.method": scope["method"],
+                    "http.route": path,
+                    "http.target": path,
+                    "http.scheme": scope.get("scheme", "http"),
+                    "http.flavor": scope.get("http_version", "1.1"),
+                    "net.peer.ip": (scope.get("client") or ("",))[0],
+                }
+            )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            status = await self._answer(handler, request, send)
+            if span.is_recording():
+                span.set_attribute("http.status_code", status)
+                if status >= 500:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR))
+        except _ClientGone:
+            pass
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+    async def _answer(self, handler: FastHandler, request: FastRequest, send: Send) -> int:
+        headers: Mapping[str, str] = {}
+        try:
+            response = await handler(request)
+            status, body, media_type = response.status, response.body, response.media_type
+        except _ClientGone:
+            raise
+        except Exception as exc:
+            if isinstance(exc, ProblemError):
+                problem = exc
+            elif isinstance(exc, StarletteHTTPException):
+                problem = _http_problem(exc)
+            else:
+                _record_unhandled(Request(request.scope), exc)
+                problem = _internal_problem()
+            lang = negotiate(request.headers.get("accept-language"), default=self.default_language)
+            status, media_type = problem.status, PROBLEM_MEDIA_TYPE
+            # As JSONResponse renders it, so both ways give the same bytes.
+            rendered = problem.render(lang, instance=request.scope["path"])
+            body = json.dumps(rendered, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+            headers = {**problem.headers, "Content-Language": lang, "Vary": "Accept-Language"}
+        raw = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode())]
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+        return status
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -143,9 +321,7 @@ async def serve_http(
         except SystemExit as exc:
             # uvicorn exits the process when it cannot bind or the lifespan fails; here that would
             # take down every other service of the process instead of just failing this start.
-            raise RuntimeError(
-                f"HTTP server on {host}:{port} failed to start (exit code {exc.code})"
-            ) from None
+            raise RuntimeError(f"HTTP server on {host}:{port} failed to start (exit code {exc.code})") from None
 
     task = asyncio.create_task(run(), name=f"http:{host}:{port}")
     while not server.started:

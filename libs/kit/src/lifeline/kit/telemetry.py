@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -30,9 +30,15 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, Span, SpanKind, TraceState
+from opentelemetry.util.types import Attributes, AttributeValue
 
 from lifeline.kit.config import InstanceSettings
 
@@ -66,10 +72,42 @@ UNTRACED_GRPC_SERVICES: Final = ("grpc.health.v1.Health", "grpc.reflection.v1alp
 _HANDLER_MARK: Final = "_lifeline_handler"
 
 
+class _ExportedOnly(Sampler):
+    """Samples new traces (by ratio) only while an exporter takes spans; a sampled caller's trace is kept.
+
+    Without an exporter (no OTLP endpoint, no test exporter) a recorded span goes nowhere, yet recording
+    one costs more than a small request's own work. Dropped spans still carry a trace id for the logs.
+    """
+
+    def __init__(self, ratio: float) -> None:
+        self.exporting = False
+        self._root = TraceIdRatioBased(ratio)
+        self._parent_based = ParentBased(self._root)
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if not self.exporting and not trace.get_current_span(parent_context).get_span_context().trace_flags.sampled:
+            return SamplingResult(Decision.DROP)
+        return self._parent_based.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"ExportedOnly{{{self._parent_based.get_description()}}}"  # type: ignore[no-untyped-call]
+
+
 @dataclass
 class _Telemetry:
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
+    # None when the tracer provider was installed by someone else (its sampler is theirs).
+    sampler: _ExportedOnly | None = None
     exporter_ids: set[int] = field(default_factory=set)
     otlp_endpoints: set[str] = field(default_factory=set)
     # Keeps exporters alive so that their ids in exporter_ids stay unique.
@@ -100,24 +138,24 @@ def _install_providers(resource: Resource, sample_ratio: float = 1.0) -> _Teleme
     # The global providers can be set only once per process; one installed earlier (e.g. by the test
     # plugin, before any service started) is adopted so that its exporters keep receiving spans.
     current_tracer = trace.get_tracer_provider()
+    sampler = None
     if isinstance(current_tracer, TracerProvider):
         tracer_provider = current_tracer
     else:
         # Sampling follows the caller's decision (traceparent) and else keeps `trace_sample_ratio` of new
         # traces: a busy front door need not record every one-reading request to stay observable.
-        tracer_provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
+        sampler = _ExportedOnly(sample_ratio)
+        tracer_provider = TracerProvider(resource=resource, sampler=sampler)
         trace.set_tracer_provider(tracer_provider)
     current_meter = metrics.get_meter_provider()
     if isinstance(current_meter, MeterProvider):
-        _log.warning(
-            "a MeterProvider was installed before setup_telemetry; /metrics lacks OpenTelemetry metrics"
-        )
+        _log.warning("a MeterProvider was installed before setup_telemetry; /metrics lacks OpenTelemetry metrics")
         meter_provider = current_meter
     else:
         # The reader registers itself in prometheus_client's default registry, which /metrics serves.
         meter_provider = MeterProvider(resource=resource, metric_readers=[PrometheusMetricReader()])
         metrics.set_meter_provider(meter_provider)
-    return _Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    return _Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider, sampler=sampler)
 
 
 def _traces_url(endpoint: str) -> str:
@@ -146,6 +184,8 @@ def setup_telemetry(instance: InstanceSettings, *, span_exporter: SpanExporter |
             state.tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
             state.exporter_ids.add(id(span_exporter))
             state.exporters.append(span_exporter)
+        if state.sampler is not None and (state.otlp_endpoints or state.exporters):
+            state.sampler.exporting = True
 
 
 def flush_telemetry(timeout_millis: int = 5_000) -> bool:
@@ -362,7 +402,5 @@ def consume_span(name: str, headers: Mapping[str, str] | None, **attrs: Attribut
 def publish_span(name: str, **attrs: AttributeValue) -> Iterator[Span]:
     """A PRODUCER span, current inside the block so that headers injected there point at it."""
     attributes: dict[str, AttributeValue] = {"messaging.system": "nats", **attrs}
-    with get_tracer(BUS_TRACER).start_as_current_span(
-        name, kind=SpanKind.PRODUCER, attributes=attributes
-    ) as span:
+    with get_tracer(BUS_TRACER).start_as_current_span(name, kind=SpanKind.PRODUCER, attributes=attributes) as span:
         yield span

@@ -13,13 +13,13 @@ from lifeline.kit.auth import ClientCredentials
 from lifeline.kit.bus import PullConsumer
 from lifeline.kit.catalogue import load_quantities
 from lifeline.kit.grpc import AddServicerFn
-from lifeline.kit.http import create_http_app
+from lifeline.kit.http import add_fast_route, create_http_app
 from lifeline.kit.runtime import Periodic, Service
 from lifeline.v1 import telemetry_pb2_grpc
 
 from .consumers import MqttHandler, PersistHandler, mqtt_topic_subject
 from .dedup import DedupIndex
-from .endpoints import router
+from .endpoints import accept_readings, router
 from .grpc import TelemetryIngestServicer, TelemetryQueryServicer
 from .registry import SensorRegistry, follow_assets
 from .service import IngestQueries, IngestService, readings_subject
@@ -57,6 +57,8 @@ class IngestApp(Service):
             bus=self.bus,
             db=self.db,
             publish_timeout_s=s.publish_timeout_s,
+            max_message_readings=s.max_batch,
+            publish_max_in_flight=s.publish_max_in_flight,
         )
         await self.service.seed()
         self.queries = IngestQueries(registry=self.registry, db=self.db)
@@ -112,6 +114,7 @@ class IngestApp(Service):
         app = create_http_app(title="Lifeline ingest", version="0.1.0")
         if self.settings.has_role("front"):
             app.include_router(router)
+            add_fast_route(app, "POST", "/v1/readings", accept_readings)
         app.state.ingest = self.service
         app.state.queries = self.queries
         app.state.settings = self.settings

@@ -27,6 +27,7 @@ from lifeline.kit.problems import ProblemError
 from lifeline.v1 import telemetry_pb2
 
 from . import repository
+from .coalesce import GroupCommit
 from .dedup import NEW, UNKNOWN, DedupIndex
 from .registry import RegisteredSensor, RegistryNotReady, SensorRegistry
 from .validation import Candidate, Rejection, Validator
@@ -79,6 +80,8 @@ class IngestService:
         bus: Bus,
         db: Database,
         publish_timeout_s: float = 5.0,
+        max_message_readings: int = 5000,
+        publish_max_in_flight: int = 1,
     ) -> None:
         self.region = region
         self.registry = registry
@@ -90,6 +93,8 @@ class IngestService:
         # Serialises the storage look-up + reservation step so concurrent batches cannot both accept
         # the same late reading; the common (in-memory) path never waits on it for long.
         self._lookup_lock = asyncio.Lock()
+        # Concurrent requests' accepted readings share one message and one ack (see coalesce.py).
+        self.publisher = GroupCommit(self._publish, max_items=max_message_readings, max_in_flight=publish_max_in_flight)
 
     async def seed(self) -> None:
         """Start the dedup index above what storage holds."""
@@ -151,7 +156,7 @@ class IngestService:
 
         if accepted:
             try:
-                await self._publish(accepted, now)
+                await self.publisher.submit(accepted, now)
             except BaseException:
                 for c in accepted:
                     dedup.release(c.sensor_id, c.device_time_ms)

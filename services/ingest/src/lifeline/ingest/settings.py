@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from lifeline.kit.config import ServiceSettings
@@ -42,6 +42,9 @@ class IngestSettings(ServiceSettings):
     consumer_linger_s: float = 0.25
     dedup_per_sensor: int = 128
     publish_timeout_s: float = 5.0
+    # JetStream publishes of the front door waiting for their ack at once; requests arriving meanwhile
+    # share the next message (group commit), so more in flight means smaller, more numerous messages.
+    publish_max_in_flight: int = Field(default=1, ge=1)
     retry_after_s: int = 2
 
     @field_validator("roles")
