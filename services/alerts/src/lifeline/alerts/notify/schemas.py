@@ -8,8 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lifeline.kit.catalogue import Level
 
-# The kinds the alerts service publishes (updated and suppressed are recorded, not published).
-EventKind = Literal["raised", "level_changed", "transitioned", "overdue", "cleared", "closed"]
+# The kinds a subscriber can ask for. "unsuppressed" is an alert coming back from a silence or an inhibition
+# (notified again like a new one); "updated" and "suppressed" never reach webhooks: a suppressed alert is quiet.
+EventKind = Literal["raised", "level_changed", "transitioned", "overdue", "cleared", "closed", "unsuppressed"]
 DeliveryStatus = Literal["pending", "delivered", "dead"]
 REGION_PATTERN = r"^\d{6}$"
 
@@ -24,7 +25,7 @@ class WebhookCreate(BaseModel):
     secret: str | None = Field(default=None, min_length=16, max_length=200)
     # Events of this region and its descendants; default the caller's region.
     region: str | None = Field(default=None, pattern=REGION_PATTERN)
-    kinds: list[EventKind] = Field(default_factory=list, max_length=6)
+    kinds: list[EventKind] = Field(default_factory=list, max_length=7)
     levels: list[Level] = Field(default_factory=list, max_length=4)
     # Facility kinds (gas, water_supply, ...), checked by the service.
     domains: list[str] = Field(default_factory=list, max_length=16)
@@ -38,7 +39,7 @@ class WebhookUpdate(BaseModel):
     url: str | None = Field(default=None, max_length=2000)
     secret: str | None = Field(default=None, min_length=16, max_length=200)
     region: str | None = Field(default=None, pattern=REGION_PATTERN)
-    kinds: list[EventKind] | None = Field(default=None, max_length=6)
+    kinds: list[EventKind] | None = Field(default=None, max_length=7)
     levels: list[Level] | None = Field(default=None, max_length=4)
     domains: list[str] | None = Field(default=None, max_length=16)
     enabled: bool | None = None
