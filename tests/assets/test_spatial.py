@@ -287,10 +287,10 @@ async def test_region_scope(assets: AssetsApp, client: httpx.AsyncClient, scene:
     assert r.status_code == 403
 
 
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 async def test_postgis_geometry_kept(assets: AssetsApp, client: httpx.AsyncClient, scene: str) -> None:
     """On PostgreSQL the index carries the PostGIS shape, and PostGIS measures what we measure."""
-    if assets.db.dialect != "postgresql":
-        pytest.skip("PostGIS only")
+    assert assets.db.dialect == "postgresql"
     body = (await client.get("/v1/spatial/features", params={"near": NEAR_C, "radius_m": 3000})).json()
     async with assets.db.transaction(readonly=True) as session:
         conn = await session.connection()
@@ -406,10 +406,10 @@ async def test_candidates_never_miss(assets: AssetsApp, client: httpx.AsyncClien
         assert ids(r.json()) == sorted(code for code, g in shapes.items() if geo.intersects_box(g, box))
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_sqlite_without_rtree(assets: AssetsApp, client: httpx.AsyncClient, scene: str) -> None:
     """A sqlite3 build without the R*Tree module has only the box columns' index: the same answers."""
-    if assets.db.dialect != "sqlite":
-        pytest.skip("SQLite only")
+    assert assets.db.dialect == "sqlite"
     async with assets.db.transaction() as session:
         conn = await session.connection()
         for trigger in ("geo_rtree_insert", "geo_rtree_update", "geo_rtree_delete"):
