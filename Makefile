@@ -17,6 +17,7 @@ test: bootstrap lint
 
 lint: bootstrap
 	$(UV_RUN) ruff check .
+	$(UV_RUN) ruff format --check .
 	$(UV_RUN) mypy
 	$(UV_RUN) lint-imports
 	cd deploy/dev-idp && npx --no-install buf lint ../..

@@ -67,9 +67,7 @@ async def test_rules_crud_with_validation_and_history(alerts: AlertsApp, client:
     }
     r = await client.post("/v1/rules", json=bad, headers={"Accept-Language": "en"})
     assert r.status_code == 422 and "increase from IV to I" in r.json()["detail"]
-    r = await client.post(
-        "/v1/rules", json={**bad, "conditions": [{**bad["conditions"][0], "quantity": "gas.nope"}]}
-    )
+    r = await client.post("/v1/rules", json={**bad, "conditions": [{**bad["conditions"][0], "quantity": "gas.nope"}]})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "conditions[0].quantity"
     good = {
         "id": "tunnel-ch4",

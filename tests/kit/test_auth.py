@@ -110,9 +110,7 @@ async def test_admin_and_national_principals(verifier: TokenVerifier, token_fact
     assert ministry.region == "100000" and ministry.sees("650102") and ministry.sees("340100")
 
 
-async def test_token_without_region_sees_nothing(
-    verifier: TokenVerifier, token_factory: TokenFactory
-) -> None:
+async def test_token_without_region_sees_nothing(verifier: TokenVerifier, token_factory: TokenFactory) -> None:
     principal = await verifier.verify(await token_factory("no-region"))
     assert principal.region is None
     assert not principal.sees("340100") and not principal.sees("100000")
@@ -125,9 +123,7 @@ async def test_ad_hoc_client(verifier: TokenVerifier, token_factory: TokenFactor
     assert principal.client_id.startswith("adhoc-")
 
 
-async def test_discovery_with_caller_http_client(
-    oidc_provider: DevOIDCProvider, token_factory: TokenFactory
-) -> None:
+async def test_discovery_with_caller_http_client(oidc_provider: DevOIDCProvider, token_factory: TokenFactory) -> None:
     async with httpx.AsyncClient() as http:
         v = TokenVerifier(oidc_provider.issuer, "lifeline", http_client=http)
         principal = await v.verify(await token_factory("svc"))
@@ -241,9 +237,7 @@ async def test_hs256_signed_with_public_key(
         jwks = (await http.get(f"{oidc_provider.issuer}/protocol/openid-connect/certs")).json()
     public = jwk.JWK(**next(k for k in jwks["keys"] if k["kid"] == kid))
     for secret in (public.export_to_pem(), json.dumps(public.export_public(as_dict=True)).encode()):
-        signing_input = (
-            b64json({"alg": "HS256", "typ": "JWT", "kid": kid}) + "." + b64json(claims_for(oidc_provider))
-        )
+        signing_input = b64json({"alg": "HS256", "typ": "JWT", "kid": kid}) + "." + b64json(claims_for(oidc_provider))
         sig = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
         await expect(verifier, signing_input + "." + b64(sig), "unsupported_alg")
 
@@ -356,9 +350,7 @@ def test_region_scope(scope: str | None, code: str, sees: bool) -> None:
 
 
 def test_principal_from_claims() -> None:
-    p = Principal.from_claims(
-        {"sub": "u", "azp": "c", "realm_access": {"roles": ["a", 1]}, "region": ["340100"]}
-    )
+    p = Principal.from_claims({"sub": "u", "azp": "c", "realm_access": {"roles": ["a", 1]}, "region": ["340100"]})
     assert p.roles == frozenset({"a"}) and p.region == "340100" and p.client_id == "c"
     assert Principal.from_claims({"sub": "u", "region": "abc"}).region is None
     with pytest.raises(AuthError):
@@ -530,9 +522,7 @@ async def test_grpc_unauthenticated(grpc_channel: grpc.aio.Channel) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_grpc_all_kinds_see_principal(
-    grpc_channel: grpc.aio.Channel, token_factory: TokenFactory
-) -> None:
+async def test_grpc_all_kinds_see_principal(grpc_channel: grpc.aio.Channel, token_factory: TokenFactory) -> None:
     md = (("authorization", "Bearer " + await token_factory("partner-340100")),)
     who = b"partner-340100@340100"
 

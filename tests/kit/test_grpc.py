@@ -36,9 +36,7 @@ SECRET = "hunter2@db.internal"
 class Query(telemetry_pb2_grpc.TelemetryQueryServicer):
     async def GetLatest(self, request: Any, context: Any) -> telemetry_pb2.GetLatestResponse:
         if request.sensor_id == "missing":
-            raise ProblemError(
-                404, detail="传感器 {sensor_id} 不存在", params={"sensor_id": request.sensor_id}
-            )
+            raise ProblemError(404, detail="传感器 {sensor_id} 不存在", params={"sensor_id": request.sensor_id})
         if request.sensor_id == "":
             await abort_with_problem(
                 context,
@@ -150,9 +148,7 @@ async def test_abort_with_problem_round_trips_the_problem(channel: grpc.aio.Chan
 async def test_problem_error_raised_in_a_servicer_is_mapped_and_localized(channel: grpc.aio.Channel) -> None:
     stub = telemetry_pb2_grpc.TelemetryQueryStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.GetLatest(
-            telemetry_pb2.GetLatestRequest(sensor_id="missing"), metadata=(("accept-language", "en"),)
-        )
+        await stub.GetLatest(telemetry_pb2.GetLatestRequest(sensor_id="missing"), metadata=(("accept-language", "en"),))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     problem = problem_from_rpc_error(err.value)
     assert problem is not None

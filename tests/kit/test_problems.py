@@ -214,18 +214,14 @@ def test_problem_maps_to_proto_and_back() -> None:
         detail="The request has 1 error(s); see errors.",
         instance="/v1/readings",
         errors=[
-            common_pb2.FieldViolation(
-                field="readings[0].value", code="not_finite", reason="Finite number expected"
-            )
+            common_pb2.FieldViolation(field="readings[0].value", code="not_finite", reason="Finite number expected")
         ],
     )
     assert problem.to_proto("zh-CN").title == "请求参数校验失败"
 
     relayed = problem_from_proto(message)
     assert relayed.status == 422
-    assert relayed.render("zh-CN")["title"] == "Validation failed", (
-        "a relayed problem keeps its rendered text"
-    )
+    assert relayed.render("zh-CN")["title"] == "Validation failed", "a relayed problem keeps its rendered text"
     assert problem_to_proto(relayed.render("en")) == message
 
 
@@ -280,6 +276,4 @@ def test_register_refuses_conflicting_text() -> None:
         i18n.register({"test.french": {"zh-CN": "中文", "fr": "Français"}})
     i18n.register({"test.sensor_exists": {"zh-CN": "传感器重复", "en": "Duplicate sensor"}}, override=True)
     assert i18n.t("test.sensor_exists", "en") == "Duplicate sensor"
-    i18n.register(
-        {"test.sensor_exists": {"zh-CN": "传感器已存在", "en": "Sensor already exists"}}, override=True
-    )
+    i18n.register({"test.sensor_exists": {"zh-CN": "传感器已存在", "en": "Sensor already exists"}}, override=True)

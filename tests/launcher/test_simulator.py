@@ -110,9 +110,7 @@ def test_daily_water_cycle(cat: QuantityCatalogue, sensors: dict[str, SensorSpec
     for sid, s in sensors.items():
         if s.quantity != "water.night_min_flow" or not s.active:
             continue
-        inlet = next(
-            o for o in sensors.values() if o.quantity == "water.flow" and o.facility_code == s.facility_code
-        )
+        inlet = next(o for o in sensors.values() if o.quantity == "water.flow" and o.facility_code == s.facility_code)
         (nmf,) = of(day, sid)
         peak = max(canonical(cat, sensors, r) for r in of(morning, inlet.sensor_id))
         assert canonical(cat, sensors, nmf) < 0.5 * peak
@@ -135,9 +133,7 @@ def test_gas_leak_crosses_each_level_in_order(cat: QuantityCatalogue, sensors: d
 
     readings = sim.readings_between(TEN_AM - 30 * MIN, leak.peak_ms + 5 * MIN)
     rule = cat.get("gas.ch4").rules(Measure.VALUE)[0]
-    assert all(
-        r["quality"] == "good" for r in of(readings, leak.primary) if r["device_time_ms"] >= leak.start_ms
-    )
+    assert all(r["quality"] == "good" for r in of(readings, leak.primary) if r["device_time_ms"] >= leak.start_ms)
     ch4 = [
         (r["device_time_ms"], rule.level_for(canonical(cat, sensors, r)))
         for r in of(readings, leak.primary)
@@ -153,9 +149,7 @@ def test_gas_leak_crosses_each_level_in_order(cat: QuantityCatalogue, sensors: d
     assert first[Level.I] - first[Level.IV] >= 3 * MIN  # "over minutes", seen at 10 s resolution
 
     # The main's pressure deviates from its setpoint through the gas-pressure levels too.
-    baseline = [
-        canonical(cat, sensors, r) for r in of(readings, pressure_id) if r["device_time_ms"] < leak.start_ms
-    ]
+    baseline = [canonical(cat, sensors, r) for r in of(readings, pressure_id) if r["device_time_ms"] < leak.start_ms]
     setpoint = sum(baseline) / len(baseline)
     dev_rule = cat.get("gas.pressure").rules(Measure.DEVIATION_PCT)[0]
     deviations = [
@@ -167,18 +161,14 @@ def test_gas_leak_crosses_each_level_in_order(cat: QuantityCatalogue, sensors: d
     assert dev_rule.level_for(max(deviations)) is Level.II
 
 
-def test_water_burst_drops_pressure_on_the_segment(
-    cat: QuantityCatalogue, sensors: dict[str, SensorSpec]
-) -> None:
+def test_water_burst_drops_pressure_on_the_segment(cat: QuantityCatalogue, sensors: dict[str, SensorSpec]) -> None:
     sim = Simulator(sensors, cat, 5, TEN_AM, gas_leak=None, water_burst=WaterBurst(start_s=600))
     burst = sim.incidents["water_burst"]
     assert sensors[burst.primary].quantity == "water.pressure"
     readings = [r for r in sim.readings_between(TEN_AM, burst.start_ms + 40 * MIN) if r["quality"] == "good"]
 
     def drop(sid: str) -> float:
-        before = [
-            canonical(cat, sensors, r) for r in of(readings, sid) if r["device_time_ms"] < burst.start_ms
-        ]
+        before = [canonical(cat, sensors, r) for r in of(readings, sid) if r["device_time_ms"] < burst.start_ms]
         during = [
             canonical(cat, sensors, r)
             for r in of(readings, sid)
@@ -190,16 +180,12 @@ def test_water_burst_drops_pressure_on_the_segment(
     rule = cat.get("water.pressure").rules(Measure.DROP_PCT)[0]
     primary_drop = drop(burst.primary)
     assert rule.level_for(primary_drop) is Level.I
-    neighbours = [
-        sid for sid in burst.affected if sid != burst.primary and sensors[sid].quantity == "water.pressure"
-    ]
+    neighbours = [sid for sid in burst.affected if sid != burst.primary and sensors[sid].quantity == "water.pressure"]
     assert neighbours
     for sid in neighbours:
         assert 5 < drop(sid) < primary_drop
     unaffected = [
-        sid
-        for sid, s in sensors.items()
-        if s.quantity == "water.pressure" and s.active and sid not in burst.affected
+        sid for sid, s in sensors.items() if s.quantity == "water.pressure" and s.active and sid not in burst.affected
     ]
     assert all(drop(sid) < 8 for sid in unaffected)
     flows = [sid for sid in burst.affected if sensors[sid].quantity == "water.flow"]
@@ -225,9 +211,7 @@ def test_dropouts_produce_gaps(cat: QuantityCatalogue, sensors: dict[str, Sensor
                 assert sim.silent(sid, a + interval)
     assert len({sid for sid, _, _ in gaps}) >= 3
     # Without dropouts every sensor reports on its interval.
-    clean = Simulator(
-        sensors, cat, 11, MIDNIGHT, gas_leak=None, water_burst=None, faults=Faults(dropout_rate=0)
-    )
+    clean = Simulator(sensors, cat, 11, MIDNIGHT, gas_leak=None, water_burst=None, faults=Faults(dropout_rate=0))
     counts = Counter(r["sensor_id"] for r in clean.readings_between(start, start + 6 * HOUR))
     for sid in clean.sensor_ids:
         assert counts[sid] == 6 * 3600 // sensors[sid].interval_s or sensors[sid].interval_s > 6 * 3600
@@ -236,9 +220,7 @@ def test_dropouts_produce_gaps(cat: QuantityCatalogue, sensors: dict[str, Sensor
 def test_readings_in_physical_range_except_deliberate_bad_ones(
     cat: QuantityCatalogue, sensors: dict[str, SensorSpec]
 ) -> None:
-    sim = Simulator(
-        sensors, cat, 13, TEN_AM, gas_leak=GasLeak(start_s=60), water_burst=WaterBurst(start_s=120)
-    )
+    sim = Simulator(sensors, cat, 13, TEN_AM, gas_leak=GasLeak(start_s=60), water_burst=WaterBurst(start_s=120))
     readings = sim.readings_between(TEN_AM - 8 * HOUR, TEN_AM + 2 * HOUR)
     quality = Counter(r["quality"] for r in readings)
     assert quality["good"] > 0.98 * len(readings)
@@ -332,9 +314,7 @@ async def test_run_simulator_retries_503_and_delivers_every_batch_once(
         token_calls += 1
         return "tok-sim"
 
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=ingest.app), base_url="http://ingest"
-    ) as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=ingest.app), base_url="http://ingest") as client:
         stats = await asyncio.wait_for(
             run_simulator(
                 "http://ingest",
@@ -360,18 +340,14 @@ async def test_run_simulator_retries_503_and_delivers_every_batch_once(
     assert set(ingest.tokens) == {"Bearer tok-sim"}
 
 
-async def test_run_simulator_honours_retry_after(
-    cat: QuantityCatalogue, sensors: dict[str, SensorSpec]
-) -> None:
+async def test_run_simulator_honours_retry_after(cat: QuantityCatalogue, sensors: dict[str, SensorSpec]) -> None:
     ingest = FakeIngest(fail_first=1, retry_after="1")
     sim = Simulator(small_registry(sensors), cat, 2, TEN_AM, gas_leak=None, water_burst=None)
 
     async def token() -> str:
         return "t"
 
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=ingest.app), base_url="http://ingest"
-    ) as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=ingest.app), base_url="http://ingest") as client:
         began = time.monotonic()
         stats = await run_simulator(
             "http://ingest", token, sim, backfill_hours=0.25, until_ms=TEN_AM, client=client, rate=0
@@ -382,9 +358,7 @@ async def test_run_simulator_honours_retry_after(
     assert content(ingest.stored) == content(sim.readings_between(TEN_AM - 15 * MIN, TEN_AM))
 
 
-async def test_run_simulator_stops_while_waiting(
-    cat: QuantityCatalogue, sensors: dict[str, SensorSpec]
-) -> None:
+async def test_run_simulator_stops_while_waiting(cat: QuantityCatalogue, sensors: dict[str, SensorSpec]) -> None:
     ingest = FakeIngest(fail_first=10**6, retry_after="30")
     sim = Simulator(small_registry(sensors), cat, 2, TEN_AM, gas_leak=None, water_burst=None)
     stop = asyncio.Event()
@@ -392,13 +366,9 @@ async def test_run_simulator_stops_while_waiting(
     async def token() -> str:
         return "t"
 
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=ingest.app), base_url="http://ingest"
-    ) as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=ingest.app), base_url="http://ingest") as client:
         task = asyncio.create_task(
-            run_simulator(
-                "http://ingest", token, sim, backfill_hours=1, stop_event=stop, client=client, rate=0
-            )
+            run_simulator("http://ingest", token, sim, backfill_hours=1, stop_event=stop, client=client, rate=0)
         )
         await asyncio.sleep(0.3)
         stop.set()

@@ -287,10 +287,7 @@ class Quantity(BaseModel):
     @classmethod
     def _factor_shorthand(cls, v: Any) -> Any:
         if isinstance(v, Mapping):
-            return {
-                normalise_unit(str(k)): {"factor": c} if isinstance(c, int | float) else c
-                for k, c in v.items()
-            }
+            return {normalise_unit(str(k)): {"factor": c} if isinstance(c, int | float) else c for k, c in v.items()}
         return v
 
     @field_validator("unit")
@@ -406,8 +403,7 @@ class SensorSpec(BaseModel):
         fac = self.facility_code[:6]
         if not (region_contains(self.region, fac) or region_contains(fac, self.region)):
             raise ValueError(
-                f"facility code {self.facility_code} (region {fac}) "
-                f"is outside the sensor's region {self.region}"
+                f"facility code {self.facility_code} (region {fac}) is outside the sensor's region {self.region}"
             )
         return self
 
@@ -561,8 +557,7 @@ def _row_to_spec(row: Mapping[str, str | None], catalogue: QuantityCatalogue) ->
             interval = -1
         if not 0 < interval <= 7 * 86400:
             raise ValueError(
-                f"sensor {sensor_id}: interval_s must be a whole number of seconds in 1..604800, "
-                f"got {raw_interval!r}"
+                f"sensor {sensor_id}: interval_s must be a whole number of seconds in 1..604800, got {raw_interval!r}"
             )
     else:
         interval = quantity.interval_s

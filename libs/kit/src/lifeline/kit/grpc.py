@@ -96,18 +96,14 @@ async def abort_with_problem(
     if problem.errors:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=e.field, description=e.reason, reason=e.code
-                )
+                error_details_pb2.BadRequest.FieldViolation(field=e.field, description=e.reason, reason=e.code)
                 for e in problem.errors
             ]
         )
         packed = any_pb2.Any()
         packed.Pack(bad_request)
         status.details.append(packed)
-    await context.abort(
-        code, message, trailing_metadata=((GRPC_DETAILS_METADATA_KEY, status.SerializeToString()),)
-    )
+    await context.abort(code, message, trailing_metadata=((GRPC_DETAILS_METADATA_KEY, status.SerializeToString()),))
 
 
 def problem_from_rpc_error(err: grpc.RpcError) -> common_pb2.Problem | None:
@@ -160,9 +156,7 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
     return wrapped
 
 
-def _wrap_streaming(
-    method: str, behavior: Callable[..., AsyncIterator[Any]]
-) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_streaming(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             async for response in behavior(request, context):
@@ -243,9 +237,7 @@ class GrpcServer:
 
     async def set_serving(self, name: str, serving: bool) -> None:
         """Report one service as SERVING or NOT_SERVING; the empty name sets the whole server and all."""
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         names: Iterable[str] = (health_module.OVERALL_HEALTH, *self.service_names) if name == "" else (name,)
         for each in names:
             await self.health.set(each, status)

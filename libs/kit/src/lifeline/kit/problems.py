@@ -168,9 +168,7 @@ def _phrase(status: int) -> str:
         return f"HTTP {status}"
 
 
-def problem_to_proto(
-    problem: ProblemError | Mapping[str, Any], *, lang: str = DEFAULT_LANGUAGE
-) -> common_pb2.Problem:
+def problem_to_proto(problem: ProblemError | Mapping[str, Any], *, lang: str = DEFAULT_LANGUAGE) -> common_pb2.Problem:
     """Map a ProblemError (rendered in ``lang``) or a rendered problem body to ``lifeline.v1.Problem``."""
     body = problem.render(lang) if isinstance(problem, ProblemError) else problem
     return common_pb2.Problem(
@@ -245,9 +243,7 @@ def validation_field_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "
 
 def _validation_problem(exc: RequestValidationError) -> ProblemError:
     errors = validation_field_errors(exc.errors())
-    return ProblemError(
-        422, detail="problem.validation_failed.detail", errors=errors, params={"count": len(errors)}
-    )
+    return ProblemError(422, detail="problem.validation_failed.detail", errors=errors, params={"count": len(errors)})
 
 
 def _http_problem(exc: StarletteHTTPException) -> ProblemError:
@@ -313,9 +309,7 @@ class _UnhandledErrorMiddleware:
                 raise
             request = Request(scope)
             _record_unhandled(request, exc)
-            response = problem_response(
-                _internal_problem(), lang=self.language_of(request), instance=request.url.path
-            )
+            response = problem_response(_internal_problem(), lang=self.language_of(request), instance=request.url.path)
             await response(scope, receive, send)
 
 
@@ -337,9 +331,7 @@ def install_problem_handlers(app: FastAPI, *, default_language: str = DEFAULT_LA
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return problem_response(
-            _validation_problem(exc), lang=language_of(request), instance=request.url.path
-        )
+        return problem_response(_validation_problem(exc), lang=language_of(request), instance=request.url.path)
 
     async def on_unhandled(request: Request, exc: Exception) -> Response:
         # Reached only for errors raised outside the catch-all middleware (e.g. by another middleware).
