@@ -384,15 +384,16 @@ class Probes:
             raise BenchError("out of probe sensors")
         s = self.free.pop()
         t = time.time_ns() // 1_000_000 - 120_000
-        # The first breach opens the `for` window (gas: 30 s), the second one, 60 s later, raises.
-        await self._send(s, t, BREACH_CH4)
-        fut = self.events.expect((s.sensor_id, t + 60_000))
-        sent = time.perf_counter()
-        accepted = await self._send(s, t + 60_000, BREACH_CH4)
         try:
-            seen = await asyncio.wait_for(fut, 20)
+            async with asyncio.timeout(60):
+                # The first breach opens the `for` window (gas: 30 s), the second one, 60 s later, raises.
+                await self._send(s, t, BREACH_CH4)
+                fut = self.events.expect((s.sensor_id, t + 60_000))
+                sent = time.perf_counter()
+                accepted = await self._send(s, t + 60_000, BREACH_CH4)
+                seen = await fut
         except TimeoutError as exc:
-            raise BenchError(f"no raised event for {s.sensor_id} within 20 s") from exc
+            raise BenchError(f"probe {s.sensor_id}: no raised event within 60 s") from exc
         self.latencies.append((seen - accepted) * 1000)
         self.from_send.append((seen - sent) * 1000)
 
@@ -455,7 +456,7 @@ async def bench_backend(backend: str, work: Path, plan: Plan, idp: BenchIdp, tok
         stack.callback(sampler.stop)
         sampler.watch("nats-server", server.pid)
         nc = await nats.connect(server.url)
-        stack.push_async_callback(nc.close)
+        stack.push_async_callback(asyncio.wait_for, nc.close(), 10)
         js = nc.jetstream(timeout=30)
         await declare_streams(js)
 
@@ -679,7 +680,12 @@ async def run(quick: bool, backend: str | None, keep: bool) -> int:
         idp.start()
         token = idp.token()
         for b in backends:
-            rows += await bench_backend(b, work, plan, idp, token, pg_dsn)
+            try:
+                # Nothing may hang the bench: a stuck step fails it (with the table so far).
+                async with asyncio.timeout(900):
+                    rows += await bench_backend(b, work, plan, idp, token, pg_dsn)
+            except TimeoutError as exc:
+                raise BenchError(f"[{b}] did not finish within 15 minutes") from exc
         ok = True
     finally:
         idp.stop()
