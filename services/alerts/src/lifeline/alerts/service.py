@@ -12,6 +12,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -315,6 +316,7 @@ class AlertsService:
         async with self.db.transaction() as session:
             breaches: dict[str, _Breaches] = {}
             moved: set[str] = set()
+            raised: set[str] = set()
             for ch in changes:
                 st = engine.states[ch.fingerprint]
                 if ch.kind == "breach":
@@ -329,11 +331,14 @@ class AlertsService:
                             b.peak = max(b.peak, ch.value) if worse else min(b.peak, ch.value)
                             b.at_ms = ch.at_ms
                     continue
+                before = st.alert_id
                 await self._apply_change(session, ch, st)
                 if st.alert_id is not None:
                     moved.add(st.alert_id)
+                    if st.alert_id != before:
+                        raised.add(st.alert_id)
             if moved and self.policy.inhibit:
-                await self._inhibition_pass(session, moved)
+                await self._inhibition_pass(session, moved, new=raised)
             for alert_id, b in breaches.items():
                 await repository.add_breaches(
                     session=session,
@@ -572,12 +577,19 @@ class AlertsService:
             changed += 1
         return changed
 
-    async def _inhibition_pass(self, session: Any, alert_ids: set[str], *, every_target: bool = False) -> int:
-        """Re-mark the alerts these (new, moved, cleared or closed) alerts may inhibit or be inhibited by."""
+    async def _inhibition_pass(
+        self, session: Any, alert_ids: set[str], *, every_target: bool = False, new: AbstractSet[str] = frozenset()
+    ) -> int:
+        """Re-mark the alerts these (new, moved, cleared or closed) alerts may inhibit or be inhibited by.
+
+        ``new``: those of them raised in this transaction. Whatever one of them holds suppressed was raised
+        in this transaction too, so is among ``alert_ids`` and checked below: no lookup needed for them."""
         check: set[str] = set()
         rules = self.policy.inhibit
+        if alert_ids - new:
+            # Skipped for a batch that only raised: one statement fewer in the raise's transaction.
+            check |= set(await repository.suppressed_by(session=session, source_ids=alert_ids - new))
         if alert_ids:
-            check |= set(await repository.suppressed_by(session=session, source_ids=alert_ids))
             for row in await repository.alerts_by_ids(session=session, ids=alert_ids):
                 a = row._mapping
                 for rule in rules:
