@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import Request
 
 from lifeline.kit import i18n
+from lifeline.kit.audit import audit
 from lifeline.kit.auth import Principal
 from lifeline.kit.problems import FieldError, ProblemError
 
@@ -23,6 +24,18 @@ def require_any_role(principal: Principal, roles: tuple[str, ...]) -> None:
     """403 problem unless the principal holds one of `roles`."""
     if not principal.has_role(*roles):
         raise ProblemError(403, detail="kit.missing_role", params={"roles": ", ".join(roles)})
+
+
+def require_visible(
+    principal: Principal, region: str, *, detail: str, action: str, resource: str, source: str | None
+) -> None:
+    """403 problem (message ``detail``, given ``region``) unless the principal's scope covers ``region``.
+
+    The refusal is audited: someone reaching for another region's data is what an auditor looks for.
+    """
+    if principal.region is None or not principal.sees(region):
+        audit(principal=principal, action=action, resource=resource, region=region, source=source, outcome="forbidden")
+        raise ProblemError(403, detail=detail, params={"region": region})
 
 
 def invalid_field(field: str, key: str, **params: Any) -> ProblemError:

@@ -25,6 +25,7 @@ from lifeline.kit.api import (
     encode_page_token,
     invalid_field,
     require_any_role,
+    require_visible,
     scope_prefix,
 )
 from lifeline.kit.audit import audit
@@ -665,11 +666,7 @@ class AlertsService:
     # --- workflow -----------------------------------------------------------------------------------
 
     def _visible(self, region: str, principal: Principal, *, action: str, resource: str, source: str | None) -> None:
-        if principal.region is None or not principal.sees(region):
-            audit(
-                principal=principal, action=action, resource=resource, region=region, source=source, outcome="forbidden"
-            )
-            raise ProblemError(403, detail="alerts.forbidden", params={"region": region})
+        require_visible(principal, region, detail="alerts.forbidden", action=action, resource=resource, source=source)
 
     async def transition(
         self,

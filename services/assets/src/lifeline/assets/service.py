@@ -18,7 +18,14 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from lifeline.kit import i18n
-from lifeline.kit.api import decode_page_token, encode_page_token, invalid_field, require_any_role, scope_prefix
+from lifeline.kit.api import (
+    decode_page_token,
+    encode_page_token,
+    invalid_field,
+    require_any_role,
+    require_visible,
+    scope_prefix,
+)
 from lifeline.kit.audit import audit, is_cross_region
 from lifeline.kit.auth import Principal
 from lifeline.kit.catalogue import Direction, Measure, Quantity, QuantityCatalogue, ThresholdRule, region_contains
@@ -208,16 +215,7 @@ class AssetsService:
 
     @staticmethod
     def _visible(region: str, principal: Principal, *, action: str, resource: str, source: str | None) -> None:
-        if principal.region is None or not principal.sees(region):
-            audit(
-                principal=principal,
-                action=action,
-                resource=resource,
-                region=region,
-                source=source,
-                outcome="forbidden",
-            )
-            raise ProblemError(403, detail="assets.forbidden", params={"region": region})
+        require_visible(principal, region, detail="assets.forbidden", action=action, resource=resource, source=source)
 
     @staticmethod
     def _not_found(entity: str, key: str, lang_key: str = "assets.not_found") -> ProblemError:

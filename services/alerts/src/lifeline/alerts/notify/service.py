@@ -17,7 +17,7 @@ import httpx
 from google.protobuf.json_format import MessageToDict
 
 from lifeline.kit import i18n
-from lifeline.kit.api import bad_page_token, decode_page_token, encode_page_token, require_any_role
+from lifeline.kit.api import bad_page_token, decode_page_token, encode_page_token, require_any_role, require_visible
 from lifeline.kit.audit import audit
 from lifeline.kit.auth import Principal, region_contains
 from lifeline.kit.db import Database
@@ -143,11 +143,7 @@ class Notifications:
     # --- subscriptions -------------------------------------------------------------------------------
 
     def _visible(self, region: str, principal: Principal, *, action: str, resource: str, source: str | None) -> None:
-        if principal.region is None or not principal.sees(region):
-            audit(
-                principal=principal, action=action, resource=resource, region=region, source=source, outcome="forbidden"
-            )
-            raise ProblemError(403, detail="notify.forbidden", params={"region": region})
+        require_visible(principal, region, detail="notify.forbidden", action=action, resource=resource, source=source)
 
     async def create_webhook(
         self, *, webhook_in: dict[str, Any], principal: Principal, source: str | None = None
