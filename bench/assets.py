@@ -52,7 +52,9 @@ from bench.common import (
     log,
     pg_admin_dsn,
     pg_reachable,
-    render_table,
+    print_and_clean,
+    run_service_bench,
+    service_bench_main,
     stop_process,
     wait_for_line,
 )
@@ -464,40 +466,16 @@ async def run(quick: bool, backend: str | None, keep: bool) -> int:
         ok = True
     finally:
         idp.stop()
-        if rows:
-            title = (
-                f"\nassets: {os.cpu_count()} CPUs, {time.perf_counter() - t_start:.0f} s, load average "
-                f"{load[0]:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
-            )
-            print(render_table(title, rows, value_header="figure"), flush=True)
-        if ok and not keep:
-            import shutil
-
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"work directory (databases, logs) kept: {work}", file=sys.stderr)
+        print_and_clean("assets", rows, t_start=t_start, load=load, value_header="figure", ok=ok, keep=keep, work=work)
     return 0
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(run(args.quick, args.backend, args.keep))
-    except BenchError as exc:
-        print(f"\nBENCH FAILED: {exc}", file=sys.stderr, flush=True)
-        return 1
+    return run_service_bench(run, args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.ingest import add_run_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m bench.assets", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd")
-    sub.add_parser("serve", help="run the assets service from the environment (the bench's child)")
-    add_run_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.cmd == "serve":
-        return asyncio.run(serve())
-    return run_cli(args)
+    return service_bench_main("assets", __doc__ or "assets", argv, run, serve)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,18 @@ A benchmark never hides a failure: anything unexpected raises, the table so far 
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -437,3 +441,56 @@ def child_env(extra: dict[str, str]) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
+
+
+def print_and_clean(
+    name: str,
+    rows: list[Row],
+    *,
+    t_start: float,
+    load: tuple[float, ...],
+    value_header: str,
+    ok: bool,
+    keep: bool,
+    work: Path,
+) -> None:
+    """The end of a benchmark run: its table (with how busy the machine was) and the work directory's fate."""
+    if rows:
+        title = (
+            f"\n{name}: {os.cpu_count()} CPUs, {time.perf_counter() - t_start:.0f} s, load average "
+            f"{load[0]:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
+        )
+        print(render_table(title, rows, value_header=value_header), flush=True)
+    if ok and not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"work directory (databases, logs) kept: {work}", file=sys.stderr)
+
+
+def service_bench_main(
+    name: str,
+    doc: str,
+    argv: list[str] | None,
+    run: Callable[[bool, str | None, bool], Awaitable[int]],
+    serve: Callable[[], Awaitable[int]],
+) -> int:
+    """``python -m bench.<name> [serve]``: run the benchmark, or be its service child (``serve``)."""
+    from bench.ingest import add_run_arguments
+
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd")
+    sub.add_parser("serve", help=f"run the {name} service from the environment (the bench's child)")
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.cmd == "serve":
+        return asyncio.run(serve())
+    return run_service_bench(run, args)
+
+
+def run_service_bench(run: Callable[[bool, str | None, bool], Awaitable[int]], args: argparse.Namespace) -> int:
+    """Run a service benchmark from parsed arguments; a failed step is printed and exits 1."""
+    try:
+        return asyncio.run(run(args.quick, args.backend, args.keep))
+    except BenchError as exc:
+        print(f"\nBENCH FAILED: {exc}", file=sys.stderr, flush=True)
+        return 1
