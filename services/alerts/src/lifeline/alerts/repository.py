@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import and_, case, delete, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,21 +28,23 @@ CTX = {
 }
 
 
-async def upsert_ctx(*, session: AsyncSession, entity: str, key: str, version: int, doc: dict[str, Any]) -> bool:
-    """Keep a newer version of a census entity; False if the stored one is as new (a redelivery)."""
+async def upsert_ctx(*, session: AsyncSession, entity: str, rows: Sequence[tuple[str, int, Any]]) -> set[str]:
+    """Keep the newer versions of census entities ((key, version, doc), one per key); returns the keys
+    stored. One stored as new or newer is left as it is (a redelivery, or another writer got there first)."""
+    if not rows:
+        return set()
     table, key_col = CTX[entity]
     conn = await _conn(session)
-    current = (await conn.execute(select(table.c.version).where(table.c[key_col] == key))).scalar()
-    if current is not None and current >= version:
-        return False
-    if current is None:
-        await conn.execute(insert(table).values({key_col: key, "version": version, "doc": doc}))
-        return True
-    # Conditional: the snapshot and the events consumer may write the same entity at the same time.
-    res = await conn.execute(
-        update(table).where(table.c[key_col] == key, table.c.version < version).values(version=version, doc=doc)
-    )
-    return bool(res.rowcount)
+    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+    # Conditional in the statement: the snapshot and the events consumer may write the same entity at once.
+    stmt = ins.on_conflict_do_update(
+        index_elements=[key_col],
+        set_={"version": ins.excluded.version, "doc": ins.excluded.doc},
+        where=table.c.version < ins.excluded.version,
+    ).returning(table.c[key_col])
+    # Executemany with RETURNING: SQLAlchemy sends multi-row VALUES pages of a statement compiled once.
+    values = [{key_col: key, "version": version, "doc": doc} for key, version, doc in rows]
+    return set((await conn.execute(stmt, values)).scalars())
 
 
 async def all_ctx(*, session: AsyncSession, entity: str) -> list[dict[str, Any]]:
