@@ -13,7 +13,10 @@ from lifeline.alerts import repository
 from lifeline.alerts.service import AlertsService
 from lifeline.v1 import assets_pb2
 
-from .helpers import REGION, fresh_ids
+from .helpers import REGION, VIEWER, batch, census_payloads, fresh_ids, outbox_subjects
+
+T0 = 1_760_000_000_000
+S = 1000
 
 
 def facility_event(
@@ -58,3 +61,81 @@ async def test_an_older_version_never_overwrites_what_another_writer_stored(serv
     assert await other.apply_assets([facility_event(code, "unit-v4", 4)]) == 1
     doc = await stored_doc(service, "facility", code)
     assert doc is not None and doc["unit_id"] == "unit-v4"
+
+
+def retired_sensor(sid: str, code: str, version: int = 2) -> assets_pb2.AssetSensor:
+    return assets_pb2.AssetSensor(
+        sensor_id=sid,
+        facility_code=code,
+        quantity="gas.ch4",
+        region=REGION,
+        interval_s=60,
+        status=assets_pb2.ASSET_SENSOR_STATUS_RETIRED,
+        version=version,
+    )
+
+
+async def firing_sensor(service: AlertsService) -> tuple[str, str, str]:
+    """A gas facility whose methane sensor raised an alert: (facility code, sensor id, alert id)."""
+    code, serial = fresh_ids()
+    sid = f"CH4-{serial}"
+    await service.apply_assets(census_payloads(code, {sid: "gas.ch4"}))
+    await service.evaluate([batch([(sid, T0, 60.0), (sid, T0 + 30 * S, 60.0)])])
+    alert_id = service.engine.states[f"catalogue:gas.ch4:value/{sid}"].alert_id
+    assert alert_id is not None
+    return code, sid, alert_id
+
+
+async def stored_states(service: AlertsService, subject: str) -> int:
+    async with service.db.transaction(readonly=True) as session:
+        return sum(1 for r in await repository.all_states(session=session) if r.subject == subject)
+
+
+async def test_a_retired_sensor_clears_its_alert_and_its_state_goes(service: AlertsService) -> None:
+    code, sid, alert_id = await firing_sensor(service)
+    assert await stored_states(service, sid) == 1
+    event = assets_pb2.SensorChanged(change=assets_pb2.CHANGE_KIND_RETIRED, sensor=retired_sensor(sid, code))
+    assert await service.apply_assets([("sensor", event.SerializeToString())]) == 1
+    alert = await service.get_alert(alert_id=alert_id, principal=VIEWER)
+    # Cleared by condition, still open for the people handling it.
+    assert alert["condition"] == "cleared" and alert["state"] == "raised" and alert["cleared_ms"] is not None
+    assert [(h["kind"], h["comment"]) for h in alert["history"]] == [("raised", None), ("cleared", "sensor retired")]
+    assert await outbox_subjects(service) == [f"events.alerts.raised.{REGION}", f"events.alerts.cleared.{REGION}"]
+    assert not [st for st in service.engine.states.values() if st.subject == sid]
+    assert sid not in service.engine.last_ms
+    assert await stored_states(service, sid) == 0
+    # Its readings are not evaluated any more, and a redelivered retirement changes nothing.
+    assert await service.evaluate([batch([(sid, T0 + 60 * S, 70.0), (sid, T0 + 120 * S, 70.0)])]) == 0
+    assert await service.apply_assets([("sensor", event.SerializeToString())]) == 0
+    assert len(await outbox_subjects(service)) == 2
+    # After a restart nothing of it comes back.
+    fresh = AlertsService(
+        region="340100", catalogue=service.catalogue, policy=service.policy, db=service.db, clock=service.clock
+    )
+    await fresh.load()
+    assert not [st for st in fresh.engine.states.values() if st.subject == sid]
+    assert not fresh.engine.sensors[sid].active
+
+
+async def test_a_retired_facility_read_in_a_snapshot_clears_the_alerts_on_it(service: AlertsService) -> None:
+    """Also when the retirement's event is gone from the stream and only a snapshot brings it."""
+    code, sid, alert_id = await firing_sensor(service)
+    _, other_sid, other_alert = await firing_sensor(service)
+    facility = assets_pb2.Facility(
+        code=code,
+        kind=assets_pb2.FACILITY_KIND_GAS,
+        region=REGION,
+        unit_id="unit-gas-1",
+        status=assets_pb2.FACILITY_STATUS_RETIRED,
+        version=2,
+    )
+    assert await service.apply_snapshot("facility", [facility]) == 1
+    alert = await service.get_alert(alert_id=alert_id, principal=VIEWER)
+    assert alert["condition"] == "cleared"
+    assert alert["history"][-1]["kind"] == "cleared" and alert["history"][-1]["comment"] == "facility retired"
+    assert not [st for st in service.engine.states.values() if st.subject == sid]
+    # The alert of another facility is left as it was.
+    other = await service.get_alert(alert_id=other_alert, principal=VIEWER)
+    assert other["condition"] == "active" and len(other["history"]) == 1
+    assert service.engine.states[f"catalogue:gas.ch4:value/{other_sid}"].firing is not None
+    assert await stored_states(service, other_sid) == 1

@@ -49,6 +49,17 @@ def message_doc(entity: str, message: Any, change: str = "snapshot") -> tuple[st
     return str(doc.get(key, "")), int(doc.get("version", 0)), doc
 
 
+def is_retired(doc: dict[str, Any]) -> bool:
+    """Whether an assets entity is retired: by its event's change, its status enum or its ``retired`` flag.
+
+    Assets never deletes; it retires, and a retired entity cannot change any more."""
+    return (
+        doc.get("change") == "retired"
+        or doc.get("retired") is True
+        or str(doc.get("status") or "").upper().endswith("_RETIRED")
+    )
+
+
 def _enum_name(value: Any, prefix: str) -> str:
     return str(value or "").removeprefix(prefix).lower()
 
@@ -128,7 +139,7 @@ def sensor_context(doc: dict[str, Any]) -> SensorContext:
         quantity=quantity,
         facility_code=str(doc.get("facility_code", "")),
         region=str(doc.get("region", "")),
-        active=doc.get("change") != "retired" and _enum_name(doc.get("status"), "ASSET_SENSOR_STATUS_") != "retired",
+        active=not is_retired(doc),
         setpoint=_float(doc.get("setpoint")),
         baseline=_float(doc.get("baseline")),
         windows=tuple(windows),

@@ -18,6 +18,7 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -331,6 +332,29 @@ class Engine:
         """Forget every binding (rules or contexts changed); they are rebuilt on the next reading."""
         self._bound.clear()
         self._composites.clear()
+
+    def forget(self, subjects: AbstractSet[str]) -> list[str]:
+        """Drop the rule states of these subjects (retired sensors, or facilities for composite rules) and
+        what was learnt from their readings; a retired sensor's firing state must not hold on for ever.
+        Returns the fingerprints dropped."""
+        dropped = [fp for fp, st in self.states.items() if st.subject in subjects]
+        for fp in dropped:
+            del self.states[fp]
+        for subject in subjects:
+            self.last_ms.pop(subject, None)
+            self.hourly.pop(subject, None)
+            self._bound.pop(subject, None)
+            self._history_days.pop(subject, None)
+        for key in [k for k in self._rates if k[0] in subjects]:
+            del self._rates[key]
+        for key in list(self._holds):
+            if key[1] in subjects:
+                del self._holds[key]  # a composite rule of a retired facility
+            else:
+                for raw, held in self._holds[key]:  # a retired sensor no longer holds a condition true
+                    raw.difference_update(subjects)
+                    held.difference_update(subjects)
+        return dropped
 
     def load_state(self, state: RuleState) -> None:
         """A stored state; a threshold rule's last_ms is the newest evaluated device time of its sensor."""

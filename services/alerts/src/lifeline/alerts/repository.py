@@ -75,6 +75,11 @@ async def save_states(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) 
     await conn.execute(insert(m.rule_states), list(rows))
 
 
+async def delete_states(*, session: AsyncSession, subjects: Iterable[str]) -> None:
+    """Forget the rule states of these subjects (sensors or facilities assets retired)."""
+    await (await _conn(session)).execute(delete(m.rule_states).where(m.rule_states.c.subject.in_(list(subjects))))
+
+
 # --- alerts ----------------------------------------------------------------------------------------
 
 
@@ -133,6 +138,15 @@ async def open_alerts(
     if quantities is not None:
         conds.append(c.quantity.in_(list(quantities)))
     return list((await (await _conn(session)).execute(select(m.alerts).where(*conds))).all())
+
+
+async def open_alerts_of(
+    *, session: AsyncSession, sensor_ids: Iterable[str], facility_codes: Iterable[str]
+) -> list[Row[Any]]:
+    """Open alerts of any of these sensors or on any of these facilities."""
+    c = m.alerts.c
+    of = or_(c.sensor_id.in_(list(sensor_ids)), c.facility_code.in_(list(facility_codes)))
+    return list((await (await _conn(session)).execute(select(m.alerts).where(c.is_open, of))).all())
 
 
 async def alerts_by_ids(*, session: AsyncSession, ids: Iterable[str]) -> list[Row[Any]]:

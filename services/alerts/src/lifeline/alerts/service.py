@@ -37,7 +37,7 @@ from lifeline.kit.problems import ProblemError
 from lifeline.v1 import common_pb2, telemetry_pb2
 
 from . import repository
-from .context import entity_doc, facility_context, message_doc, sensor_context
+from .context import entity_doc, facility_context, is_retired, message_doc, sensor_context
 from .engine import SEVERITY, Change, Condition, Engine, HourlyHistory, RuleSpec, RuleState
 from .messages import alert_event
 from .network import Network, Risk, RiskRegister, points, raised_by_one
@@ -235,6 +235,12 @@ class AlertsService:
             for entity, rows in by_entity.items():
                 stored = await repository.upsert_ctx(session=session, entity=entity, rows=rows)
                 kept += [(entity, key, version, doc) for key, version, doc in rows if key in stored]
+            retired = {
+                (entity, key) for entity, key, _, doc in kept if entity in ("sensor", "facility") and is_retired(doc)
+            }
+            gone = await self._clear_retired(session, retired) if retired else set()
+        if gone:
+            self.engine.forget(gone)
         facilities = False
         for entity, key, version, doc in kept:
             if version < self.census_versions.get((entity, key), -1):
@@ -253,6 +259,31 @@ class AlertsService:
             async with self.db.transaction() as session:
                 await self._reassess_risk(session)
         return len(kept)
+
+    async def _clear_retired(self, session: Any, retired: set[tuple[str, str]]) -> set[str]:
+        """Clear the active alerts of sensors and facilities assets retired: no reading will ever clear them.
+
+        The condition is cleared (history and event, "sensor retired" / "facility retired"); the handling
+        workflow goes on as for any cleared alert. Their rule states are deleted too; returns their
+        subjects (the retired sensors, those on retired facilities, and those facilities) for the engine."""
+        facilities = {key for entity, key in retired if entity == "facility"}
+        sensors = {key for entity, key in retired if entity == "sensor"}
+        # Assets retires a facility only after its sensors; should their events come later, or not at all.
+        on_facilities = {s.sensor_id for s in self.engine.sensors.values() if s.facility_code in facilities}
+        now = self.clock()
+        cleared: set[str] = set()
+        for row in await repository.open_alerts_of(session=session, sensor_ids=sensors, facility_codes=facilities):
+            if row.condition != "active":
+                continue
+            why = "sensor retired" if row.sensor_id in sensors else "facility retired"
+            values = {"condition": "cleared", "cleared_ms": now}
+            await self._record(session, row, kind="cleared", values=values, entry={"comment": why})
+            cleared.add(row.id)
+        subjects = sensors | on_facilities | facilities
+        await repository.delete_states(session=session, subjects=subjects)
+        if cleared and self.policy.inhibit:
+            await self._inhibition_pass(session, cleared)  # what they held suppressed is released
+        return subjects
 
     async def _reassess_risk(self, session: Any) -> int:
         """Bring open, active alerts to their rule's level plus the raise of the risk sources near now
