@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from lifeline.kit.bus import Bus
-from lifeline.kit.mirror import Mirror
+from lifeline.kit.mirror import Mirror, SnapshotLoop
 
 Item = tuple[str, int, str]  # (key, version, value)
 
@@ -182,3 +182,36 @@ async def test_resync_reads_a_new_snapshot(bus: Bus) -> None:
         assert mirror.snapshots >= 2
     finally:
         await mirror.stop()
+
+
+class Reads(SnapshotLoop):
+    """A snapshot loop alone (no bus): each read takes the next outcome, an exception or a count."""
+
+    def __init__(self, outcomes: list[int | Exception]) -> None:
+        super().__init__("test-reads", retry_s=(0.01, 0.05), resync_s=3600)
+        self.outcomes = outcomes
+        self.calls = 0
+
+    async def read_snapshot(self) -> int:
+        self.calls += 1
+        outcome = self.outcomes.pop(0) if self.outcomes else 0
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+async def test_a_snapshot_loop_retries_and_stays_ready_when_a_later_read_fails() -> None:
+    loop = Reads([ConnectionError("down"), ConnectionError("down"), 3])
+    loop.start()
+    try:
+        assert await loop.wait_ready(10)
+        assert (loop.calls, loop.snapshots, loop.last_error) == (3, 1, None)
+        loop.outcomes = [ConnectionError("down again")] * 1000
+        loop.resync()
+        await wait_for(lambda: loop.last_error is not None)
+        assert loop.ready  # the copy keeps serving what it has while the owner is away
+        loop.outcomes = []
+        await wait_for(lambda: loop.snapshots == 2)
+        assert loop.last_error is None
+    finally:
+        await loop.stop()

@@ -6,14 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc.aio
 from fastapi import FastAPI
 
-from lifeline.kit.auth import ClientCredentials
 from lifeline.kit.bus import PullConsumer
 from lifeline.kit.catalogue import load_quantities
 from lifeline.kit.grpc import AddServicerFn
 from lifeline.kit.http import create_http_app
+from lifeline.kit.mirror import PeerChannel
 from lifeline.kit.runtime import Periodic, Service
 from lifeline.v1 import alerts_pb2_grpc
 
@@ -44,8 +43,7 @@ class AlertsApp(Service):
 
     settings: AlertsSettings
     snapshot: CensusSnapshot | None = None
-    _assets_channel: grpc.aio.Channel | None = None
-    _credentials: ClientCredentials | None = None
+    _assets: PeerChannel | None = None
 
     async def setup(self) -> None:
         s = self.settings
@@ -68,15 +66,8 @@ class AlertsApp(Service):
         )
         if s.assets_grpc:
             # A snapshot from assets beside the events: the stream keeps only the last 30 days of changes.
-            i = self.instance
-            self._assets_channel = grpc.aio.insecure_channel(s.assets_grpc)
-            self._credentials = ClientCredentials(i.oidc_issuer, i.oidc_client_id, i.oidc_client_secret)
-            self.snapshot = CensusSnapshot(
-                self.service,
-                channel=self._assets_channel,
-                credentials=self._credentials,
-                resync_s=s.census_resync_s,
-            )
+            self._assets = PeerChannel(s.assets_grpc, self.instance)
+            self.snapshot = CensusSnapshot(self.service, assets=self._assets, resync_s=s.census_resync_s)
             self.background.append(self.snapshot)
         # The census first: a sensor's context should be known before its readings are evaluated.
         gate = CensusGate(census, snapshot=self.snapshot)
@@ -124,10 +115,8 @@ class AlertsApp(Service):
 
     async def stop(self) -> None:
         await super().stop()
-        if self._assets_channel is not None:
-            await self._assets_channel.close()
-        if self._credentials is not None:
-            await self._credentials.aclose()
+        if self._assets is not None:
+            await self._assets.close()
 
     def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
         return ((alerts_pb2_grpc.add_AlertServiceServicer_to_server, self.notify.servicer(self.service)),)

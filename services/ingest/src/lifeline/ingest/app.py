@@ -6,14 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc.aio
 from fastapi import FastAPI
 
-from lifeline.kit.auth import ClientCredentials
 from lifeline.kit.bus import PullConsumer
 from lifeline.kit.catalogue import load_quantities
 from lifeline.kit.grpc import AddServicerFn
 from lifeline.kit.http import add_fast_route, create_http_app
+from lifeline.kit.mirror import PeerChannel
 from lifeline.kit.runtime import Periodic, Service
 from lifeline.v1 import telemetry_pb2_grpc
 
@@ -36,8 +35,7 @@ class IngestApp(Service):
     grpc_service_names = ("lifeline.v1.TelemetryIngest", "lifeline.v1.TelemetryQuery")
 
     settings: IngestSettings
-    _assets_channel: grpc.aio.Channel | None = None
-    _credentials: ClientCredentials | None = None
+    _assets: PeerChannel | None = None
 
     async def setup(self) -> None:
         s = self.settings
@@ -79,15 +77,13 @@ class IngestApp(Service):
     def _follow_assets(self, region: str) -> None:
         # Every ingest process (front and storage alike) keeps its own registry, hence its own mirror.
         s, i = self.settings, self.instance
-        self._assets_channel = grpc.aio.insecure_channel(s.assets_grpc)
-        self._credentials = ClientCredentials(i.oidc_issuer, i.oidc_client_id, i.oidc_client_secret)
+        self._assets = PeerChannel(s.assets_grpc, i)
         self.registry = SensorRegistry(load_quantities(s.quantities_file), ready=lambda: self.mirror.ready)
         self.mirror = follow_assets(
             self.registry,
             bus=self.bus,
             region=region,
-            channel=self._assets_channel,
-            credentials=self._credentials,
+            assets=self._assets,
             resync_s=s.registry_resync_s,
         )
         self.background.append(self.mirror)
@@ -126,10 +122,8 @@ class IngestApp(Service):
 
     async def stop(self) -> None:
         await super().stop()
-        if self._assets_channel is not None:
-            await self._assets_channel.close()
-        if self._credentials is not None:
-            await self._credentials.aclose()
+        if self._assets is not None:
+            await self._assets.close()
 
     def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
         if not self.settings.has_role("front"):

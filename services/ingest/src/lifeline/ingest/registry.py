@@ -12,9 +12,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc.aio
-
-from lifeline.kit.auth import ClientCredentials
 from lifeline.kit.bus import Bus
 from lifeline.kit.catalogue import (
     Quantity,
@@ -24,7 +21,7 @@ from lifeline.kit.catalogue import (
     load_sensors,
     region_contains,
 )
-from lifeline.kit.mirror import Mirror, grpc_pages
+from lifeline.kit.mirror import Mirror, PeerChannel, grpc_pages
 from lifeline.v1 import assets_pb2, assets_pb2_grpc
 
 SENSOR_STATUS = {assets_pb2.ASSET_SENSOR_STATUS_ACTIVE: "active", assets_pb2.ASSET_SENSOR_STATUS_RETIRED: "retired"}
@@ -118,12 +115,11 @@ def follow_assets(
     *,
     bus: Bus,
     region: str,
-    channel: grpc.aio.Channel,
-    credentials: ClientCredentials,
+    assets: PeerChannel,
     resync_s: float,
 ) -> Mirror[assets_pb2.AssetSensor]:
     """A mirror keeping ``registry`` equal to the sensors of ``region`` in the assets service."""
-    stub = assets_pb2_grpc.AssetRegistryStub(channel)
+    stub = assets_pb2_grpc.AssetRegistryStub(assets.channel)
 
     def decode(data: bytes) -> assets_pb2.AssetSensor | None:
         sensor = assets_pb2.SensorChanged.FromString(data).sensor
@@ -132,7 +128,7 @@ def follow_assets(
     async def snapshot() -> AsyncIterator[assets_pb2.AssetSensor]:
         # Region-scoped by the service token's region claim; the filter keeps out a wider token's extras.
         request = assets_pb2.ListSensorsRequest(limit=SNAPSHOT_PAGE)
-        async for sensor in grpc_pages(stub.ListSensors, request, items="sensors", credentials=credentials):
+        async for sensor in grpc_pages(stub.ListSensors, request, items="sensors", credentials=assets.credentials):
             if region_contains(region, sensor.region):
                 yield sensor
 
