@@ -1,19 +1,36 @@
 """Alerts' copy of the census: batches stored in one go (newest version wins, also against another writer
 of the same database), and retired sensors and facilities clearing their alerts.
 
-SQLite and PostgreSQL (the ``database_url`` fixture); the service without servers, except where events
-are read back from NATS.
+SQLite and PostgreSQL (the ``database_url`` fixture); the service without servers, except the last test:
+assets and alerts running for real on NATS.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import httpx
+
 from lifeline.alerts import repository
+from lifeline.alerts.app import AlertsApp
 from lifeline.alerts.service import AlertsService
+from lifeline.alerts.settings import AlertsSettings
+from lifeline.assets.app import AssetsApp
+from lifeline.assets.settings import AssetsSettings
 from lifeline.v1 import assets_pb2
 
-from .helpers import REGION, VIEWER, batch, census_payloads, fresh_ids, outbox_subjects
+from .helpers import (
+    REGION,
+    VIEWER,
+    EventReader,
+    batch,
+    census_payloads,
+    fresh_ids,
+    outbox_subjects,
+    publish_readings,
+    wait_until,
+)
 
 T0 = 1_760_000_000_000
 S = 1000
@@ -139,3 +156,65 @@ async def test_a_retired_facility_read_in_a_snapshot_clears_the_alerts_on_it(ser
     assert other["condition"] == "active" and len(other["history"]) == 1
     assert service.engine.states[f"catalogue:gas.ch4:value/{other_sid}"].firing is not None
     assert await stored_states(service, other_sid) == 1
+
+
+async def test_retiring_a_sensor_in_assets_clears_its_alert_end_to_end(
+    service_runner: Any, database_url: str, tmp_path: Path, oidc_provider: Any, token_factory: Any
+) -> None:
+    """Assets for real: its retirement event reaches alerts over NATS and the cleared alert's event goes out."""
+    await oidc_provider.register_client(
+        "lifeline-services", roles=["service"], region="340100", client_secret="dev-secret"
+    )
+    assets: AssetsApp = await service_runner(
+        AssetsApp,
+        AssetsSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'assets.db'}", http_port=0, grpc_port=0),
+    )
+    assert assets.http is not None and assets.grpc is not None
+    alerts: AlertsApp = await service_runner(
+        AlertsApp,
+        AlertsSettings(
+            database_url=database_url,
+            http_port=0,
+            grpc_port=0,
+            timer_interval_s=3600,
+            assets_grpc=assets.grpc.address,
+        ),
+    )
+    code, serial = fresh_ids()
+    sid = f"CH4-{serial}"
+    headers = {"Authorization": f"Bearer {await token_factory('svc')}"}
+    async with httpx.AsyncClient(base_url=assets.http.url, headers=headers, timeout=30) as http:
+        for path, body in (
+            ("units", {"id": f"unit-gas-{serial}", "name": "合肥燃气集团", "domains": ["gas"]}),
+            (
+                "facilities",
+                {
+                    "code": code,
+                    "kind": "gas",
+                    "name": "燃气管段",
+                    "unit_id": f"unit-gas-{serial}",
+                    "geometry": {"type": "Point", "coordinates": [117.2, 31.8]},
+                },
+            ),
+            ("sensors", {"sensor_id": sid, "facility_code": code, "quantity": "gas.ch4"}),
+        ):
+            r = await http.post(f"/v1/{path}", json=body)
+            assert r.status_code == 201, r.text
+
+        async def known() -> bool:
+            return sid in alerts.service.engine.sensors
+
+        await wait_until(known)
+        reader = EventReader(alerts)
+        try:
+            await publish_readings(alerts, [(sid, T0, 60.0), (sid, T0 + 30 * S, 60.0)])
+            [(subject, raised)] = await reader.next()
+            assert subject.startswith("events.alerts.raised.")
+            r = await http.post(f"/v1/sensors/{sid}/retire", json={"reason": "拆除"})
+            assert r.status_code == 200, r.text
+            [(subject, cleared)] = await reader.next()
+        finally:
+            await reader.close()
+    assert subject.startswith("events.alerts.cleared.")
+    assert cleared.alert.id == raised.alert.id and cleared.entry.comment == "sensor retired"
+    assert not [st for st in alerts.service.engine.states.values() if st.subject == sid]
