@@ -1,7 +1,7 @@
 """A local copy of another service's entities, kept current: a snapshot plus its change events.
 
-A service that needs another's census in memory (ingest the sensors of assets; alerts the facilities,
-links and risk sources) builds a :class:`Mirror`: it follows the owner's change events on the bus with an
+A service that needs another's census in memory in every replica (ingest the sensors of assets) builds a
+:class:`Mirror`: it follows the owner's change events on the bus with an
 *ordered consumer* of its own (an ephemeral JetStream consumer per process, so every replica sees every
 event, unlike a shared durable), then reads a snapshot (paged reads from the owner, e.g. gRPC) and keeps
 re-reading it with backoff until it succeeds. Following starts before the snapshot is read, so no change
