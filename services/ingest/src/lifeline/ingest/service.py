@@ -51,6 +51,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _received_time(batch: telemetry_pb2.ReadingsAccepted) -> int:
+    return batch.received_time_ms
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: int
@@ -241,34 +245,27 @@ class IngestService:
 
     async def persist(self, batches: Sequence[telemetry_pb2.ReadingsAccepted]) -> None:
         """Store accepted readings idempotently, move latest values, and bring silent sensors back."""
-        latest: dict[str, dict[str, Any]] = {}
+        # Per sensor: its row with the greatest device time, and the latest arrival. Batches in arrival
+        # order, so the last arrival written for a sensor is its greatest.
+        newest: dict[str, tuple[Any, ...]] = {}
+        seen: dict[str, int] = {}
         stored = 0
         with tracer.start_as_current_span("ingest.persist") as span:
             async with self.db.transaction() as session:
                 rows: list[tuple[Any, ...]] = []
                 append = rows.append
-                for batch in batches:
+                newest_get = newest.get
+                for batch in sorted(batches, key=_received_time):
                     received = batch.received_time_ms
                     region = batch.region
                     for r in batch.readings:
-                        sid, ts, value = r.sensor_id, r.device_time_ms, r.value
-                        append((sid, ts, value, r.unit, r.quality, received, region))
-                        cur = latest.get(sid)
-                        if cur is None or ts > cur["device_time_ms"]:
-                            latest[sid] = {
-                                "sensor_id": sid,
-                                "device_time_ms": ts,
-                                "value": value,
-                                "unit": r.unit,
-                                "quality": r.quality,
-                                "received_ms": received,
-                                "region": region,
-                                "last_seen_ms": max(received, cur["last_seen_ms"]) if cur else received,
-                                "state": telemetry_pb2.SENSOR_STATE_ONLINE,
-                                "state_changed_ms": received,
-                            }
-                        elif received > cur["last_seen_ms"]:
-                            cur["last_seen_ms"] = received
+                        sid, ts = r.sensor_id, r.device_time_ms
+                        row = (sid, ts, r.value, r.unit, r.quality, received, region)
+                        append(row)
+                        seen[sid] = received
+                        cur = newest_get(sid)
+                        if cur is None or ts > cur[1]:
+                            newest[sid] = row
                     if len(rows) >= PERSIST_CHUNK_ROWS:
                         # In chunks: a fetch from a backlog (consumer_batch messages of up to max_batch
                         # readings) would otherwise hold 100,000 rows at once.
@@ -279,15 +276,19 @@ class IngestService:
                 if rows:
                     await repository.insert_readings(session=session, rows=rows)
                     stored += len(rows)
-                back_online = await repository.offline_among(session=session, sensor_ids=latest.keys())
-                await repository.upsert_latest(session=session, rows=list(latest.values()))
+                back_online = await repository.offline_among(session=session, sensor_ids=newest.keys())
+                online = telemetry_pb2.SENSOR_STATE_ONLINE
+                await repository.upsert_latest(
+                    session=session,
+                    rows=[
+                        # LATEST_COLUMNS from a READING_COLUMNS row
+                        (sid, region, ts, value, unit, quality, received, seen[sid], online, received)
+                        for sid, ts, value, unit, quality, received, region in newest.values()
+                    ],
+                )
                 for sensor_id in sorted(back_online):
                     self._enqueue_status(
-                        session,
-                        sensor_id,
-                        telemetry_pb2.SENSOR_STATE_ONLINE,
-                        latest[sensor_id]["last_seen_ms"],
-                        latest[sensor_id]["last_seen_ms"],
+                        session, sensor_id, telemetry_pb2.SENSOR_STATE_ONLINE, seen[sensor_id], seen[sensor_id]
                     )
             span.set_attribute("lifeline.readings", stored)
         persisted_counter.add(stored)
