@@ -126,44 +126,34 @@ class IngestService:
         if not self.registry.ready:
             raise RegistryNotReady("the sensor registry is not loaded yet")
         now = now_ms()
-        outcomes: list[Outcome | None] = [None] * len(items)
-        candidates: list[tuple[int, Candidate]] = []
-        check = self.validator.check
-        for i, item in enumerate(items):
-            res = item if isinstance(item, Rejection) else check(item, principal, now)
-            if isinstance(res, Rejection):
-                outcomes[i] = Outcome(REJECTED, res)
-            else:
-                candidates.append((i, res))
-
+        # Everything accepted unless judged otherwise: most batches are all new readings.
+        outcomes: list[Outcome] = [ACCEPTED_OUTCOME] * len(items)
         accepted: list[Candidate] = []
-        dedup = self.dedup
+        accept = accepted.append
         pending: list[tuple[int, Candidate]] = []
-        seen_in_batch: dict[tuple[str, int], float] = {}
-        for i, c in candidates:
-            key = (c.sensor_id, c.device_time_ms)
-            prior = seen_in_batch.get(key)
-            if prior is None:
-                prior = dedup.lookup(c.sensor_id, c.device_time_ms)
+        claim = self.dedup.claim
+        for i, c in enumerate(self.validator.check_all(items, principal, now)):
+            if isinstance(c, Rejection):
+                outcomes[i] = Outcome(REJECTED, c)
+                continue
+            prior = claim(c[0], c[1], c[2])  # sensor, device time, value
             if prior is NEW:
-                seen_in_batch[key] = c.value
-                dedup.reserve(c.sensor_id, c.device_time_ms, c.value)
-                accepted.append(c)
-                outcomes[i] = ACCEPTED_OUTCOME
+                accept(c)
             elif prior is UNKNOWN:
                 pending.append((i, c))
             else:
                 outcomes[i] = self._judge_repeat(c, prior)  # type: ignore[arg-type]
         if pending:
             async with self._lookup_lock:
-                await self._resolve_in_storage(pending, outcomes, accepted, seen_in_batch)
+                await self._resolve_in_storage(pending, outcomes, accepted)
 
         if accepted:
             try:
                 await self.publisher.submit(accepted, now)
             except BaseException:
+                release = self.dedup.release
                 for c in accepted:
-                    dedup.release(c.sensor_id, c.device_time_ms)
+                    release(c.sensor_id, c.device_time_ms)
                 audit(
                     principal=principal,
                     action="readings.write",
@@ -174,7 +164,6 @@ class IngestService:
                     count=len(items),
                 )
                 raise
-        result = [o for o in outcomes if o is not None]
         audit(
             principal=principal,
             action="readings.write",
@@ -184,13 +173,12 @@ class IngestService:
             count=len(items),
             accepted=len(accepted),
         )
-        assert len(result) == len(items)
         readings_counter.add(len(accepted), {"outcome": "accepted"})
         if len(accepted) != len(items):
-            for o in result:
+            for o in outcomes:
                 if o.status != ACCEPTED:
                     readings_counter.add(1, {"outcome": STATUS_NAME[o.status]})
-        return result
+        return outcomes
 
     @staticmethod
     def _judge_repeat(c: Candidate, prior: float) -> Outcome:
@@ -201,10 +189,15 @@ class IngestService:
     async def _resolve_in_storage(
         self,
         pending: list[tuple[int, Candidate]],
-        outcomes: list[Outcome | None],
+        outcomes: list[Outcome],
         accepted: list[Candidate],
-        seen_in_batch: dict[tuple[str, int], float],
     ) -> None:
+        """Judge readings memory cannot (below a sensor's floor) by what storage holds.
+
+        A reading accepted earlier in this batch may have been pruned from memory already (which is
+        why it came here): this batch's accepted readings count as known too.
+        """
+        seen_in_batch = {(c.sensor_id, c.device_time_ms): c.value for c in accepted}
         keys = [(c.sensor_id, c.device_time_ms) for _, c in pending]
         async with self.db.transaction() as session:
             stored = await repository.lookup_values(session=session, keys=keys)
@@ -219,7 +212,6 @@ class IngestService:
                 seen_in_batch[key] = c.value
                 self.dedup.reserve(c.sensor_id, c.device_time_ms, c.value)
                 accepted.append(c)
-                outcomes[i] = ACCEPTED_OUTCOME
             else:
                 outcomes[i] = self._judge_repeat(c, prior)
 
