@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -121,11 +122,21 @@ class IngestApp(Service):
         app.state.readiness["registry"] = self._registry_ready
         return app
 
+    async def start(self) -> None:
+        await super().start()
+        # Everything built so far (imported modules, the app, the registry) lives as long as the
+        # process: moved out of the collector's generations, the full collections that the hot path's
+        # allocations trigger no longer walk it (they took ~15% of the front door's CPU under load).
+        gc.collect()
+        gc.freeze()
+
     async def _registry_ready(self) -> bool:
         return self.registry.ready
 
     async def stop(self) -> None:
         await super().stop()
+        # Collectable again: a process that starts services again (the tests) must not keep them forever.
+        gc.unfreeze()
         if self._assets_channel is not None:
             await self._assets_channel.close()
         if self._credentials is not None:
