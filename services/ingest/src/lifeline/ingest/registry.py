@@ -67,6 +67,8 @@ class SensorRegistry:
     def __init__(self, quantities: QuantityCatalogue, *, ready: Callable[[], bool] = lambda: True) -> None:
         self.quantities = quantities
         self._sensors: dict[str, RegisteredSensor] = {}
+        # The sensor of an id, or None: the dict's own get (a method in between cost a call per reading).
+        self.get: Callable[[str], RegisteredSensor | None] = self._sensors.get
         # False until the source has delivered the whole registry once (assets: the first snapshot).
         self._ready = ready
 
@@ -87,9 +89,6 @@ class SensorRegistry:
             self._sensors[spec.sensor_id] = RegisteredSensor.of(
                 spec, self.quantities.get(spec.quantity), self.quantities.sensor_range(spec)
             )
-
-    def get(self, sensor_id: str) -> RegisteredSensor | None:
-        return self._sensors.get(sensor_id)
 
     def __len__(self) -> int:
         return len(self._sensors)
