@@ -783,6 +783,25 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
                 ) from exc
             log(f"[{tag}]   {r.describe()}")
 
+        # Warm-up, outside every measured window: the first requests fetch the issuer's signing keys,
+        # import what was imported lazily and open connections (a second of CPU, which the first
+        # scenario would otherwise be charged with). Waits until storage holds them too.
+        async with httpx.AsyncClient(base_url=server.http_url, headers=headers, timeout=60) as warm:
+            warm_channel = grpc.aio.insecure_channel(server.grpc_address)
+            try:
+                warm_base = await count()
+                warm_stub = telemetry_pb2_grpc.TelemetryIngestStub(warm_channel)
+                warmed = await httpx_senders([warm], clock, BATCH, 1)[0]()
+                warmed += await grpc_senders(warm_stub, ctx.token, clock, 1)[0]()
+                warmed += await httpx_senders([warm], clock, 1, 1)[0]()
+            finally:
+                await warm_channel.close()
+        deadline = time.perf_counter() + plan.drain_timeout_s
+        while await count() < warm_base + warmed:
+            if time.perf_counter() > deadline:
+                raise BenchError(f"[{tag}] warm-up: {warmed} readings not stored in {plan.drain_timeout_s:.0f} s")
+            await asyncio.sleep(0.05)
+
         # 1. Batches of 500 over REST: httpx clients, each with a few requests in flight.
         log(
             f"[{tag}] REST batches of {BATCH}: {plan.batch_clients} httpx clients x {plan.batch_in_flight} in flight, "
