@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc.aio
 from fastapi import FastAPI
+from sqlalchemy import event
 
 from lifeline.kit.auth import ClientCredentials
 from lifeline.kit.bus import PullConsumer
@@ -43,6 +44,8 @@ class IngestApp(Service):
     async def setup(self) -> None:
         s = self.settings
         region = self.instance.region
+        if s.has_role("storage") and self.db.dialect == "sqlite":
+            await self._size_sqlite_cache(s.sqlite_cache_mib)
         if s.registry == "file":
             self.registry = SensorRegistry.from_files(s.sensors_file, s.quantities_file)
         else:
@@ -92,6 +95,22 @@ class IngestApp(Service):
             resync_s=s.registry_resync_s,
         )
         self.background.append(self.mirror)
+
+    async def _size_sqlite_cache(self, mib: int) -> None:
+        # Every reading inserts into the readings index next to its sensor's newest entry, so the hot
+        # pages are about one per sensor: with SQLite's default cache (2 MiB) they no longer fit once
+        # the table holds a few hundred thousand rows, and each insert rereads pages from the file
+        # (~40% more CPU per row at 400,000 rows than with 16 MiB).
+        @event.listens_for(self.db.engine.sync_engine, "connect")
+        def _cache_size(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA cache_size=-{int(mib) * 1024}")
+            finally:
+                cursor.close()
+
+        # Connections opened before (if any) get it too: they are opened anew.
+        await self.db.engine.dispose()
 
     def _setup_storage(self, region: str) -> None:
         s = self.settings
