@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
+from lifeline.ingest import repository
 from lifeline.ingest.app import IngestApp
 from lifeline.ingest.models import latest_table
 from lifeline.v1 import common_pb2
@@ -53,3 +55,21 @@ async def test_batches_out_of_order_and_redelivered_store_once_and_keep_the_newe
     ]
     assert await latest_row(ingest, a) == (t + 20, 2.0, t + 1000, t + 3000)
     assert await latest_row(ingest, b) == (t, 5.0, t + 2000, t + 2000)
+
+
+async def test_readings_are_written_inside_the_callers_transaction(ingest: IngestApp):
+    t = now_ms() - 3_600_000
+
+    def row(ts: int) -> tuple[object, ...]:
+        return ("GAS-CH4-1", ts, 1.0, "%LEL", common_pb2.QUALITY_GOOD, t, "340100")
+
+    async with ingest.db.transaction() as session:
+        await repository.insert_readings(session=session, rows=[row(t)])
+    # A transaction that fails after writing keeps nothing of it, whether its rows were all new or
+    # some were stored already (PostgreSQL takes a different path for those).
+    for rows in ([row(t + 1)], [row(t), row(t + 2)]):
+        with pytest.raises(RuntimeError):
+            async with ingest.db.transaction() as session:
+                await repository.insert_readings(session=session, rows=rows)
+                raise RuntimeError("after the insert")
+    assert await stored_rows(ingest) == [("GAS-CH4-1", t, 1.0)]
