@@ -218,8 +218,8 @@ class IngestService:
     async def _publish(self, accepted: list[Candidate], received_ms: int) -> None:
         msg = telemetry_pb2.ReadingsAccepted(region=self.region)
         add = msg.readings.add
-        for c in accepted:
-            add(sensor_id=c.sensor_id, device_time_ms=c.device_time_ms, value=c.value, unit=c.unit, quality=c.quality)
+        for sensor_id, ts, value, unit, quality, _region in accepted:
+            add(sensor_id=sensor_id, device_time_ms=ts, value=value, unit=unit, quality=quality)
         # The id covers the readings, not the arrival time: a client's retry after a lost answer
         # republishes the same content, which JetStream then drops within its duplicate window.
         # (One serialisation without the arrival time, rather than one per reading.)

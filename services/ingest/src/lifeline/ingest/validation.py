@@ -193,6 +193,8 @@ class Validator:
         newest = now_ms + self.limits.max_future_skew_ms
         oldest = now_ms - self.limits.retention_ms
         isfinite = math.isfinite
+        # Candidate(...) runs the NamedTuple's generated __new__ in Python; this is the same tuple.
+        candidate = tuple.__new__
         out: list[Candidate | Rejection] = []
         append = out.append
         for fields in items:
@@ -240,7 +242,7 @@ class Validator:
                         continue
                 low, high = sensor.range
                 if low <= value <= high:
-                    append(Candidate(sensor_id, ts, value, canonical, quality, region))
+                    append(candidate(Candidate, (sensor_id, ts, value, canonical, quality, region)))
                 else:
                     append(
                         Rejection(
