@@ -522,6 +522,8 @@ class LoadResult:
     t_stored: float = 0.0
     latencies: list[float] = field(default_factory=list)
     cpu: str = ""
+    # CPU time of each of our processes per accepted reading, in µs: steadier than rates on a shared machine.
+    cpu_us: dict[str, float] = field(default_factory=dict)
     rss_peak: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -532,6 +534,9 @@ class LoadResult:
     def acked_rate(self) -> float:
         return self.accepted / (self.t_last_reply - self.t_first)
 
+    def cpu_per_reading(self) -> str:
+        return ", ".join(f"{n} {us:.1f} µs" for n, us in self.cpu_us.items())
+
     def describe(self) -> str:
         lat = sorted(self.latencies)
         p50 = statistics.median(lat) * 1000 if lat else 0.0
@@ -540,7 +545,9 @@ class LoadResult:
         return (
             f"{self.accepted:,} readings in {self.requests:,} requests: acknowledged {self.acked_rate:,.0f}/s, "
             f"stored {self.e2e_rate:,.0f}/s (last row {self.t_stored - self.t_last_reply:.2f} s after the last "
-            f"reply); latency p50 {p50:.1f} ms, p99 {p99:.1f} ms\n    CPU: {self.cpu}\n    peak RSS: {rss}"
+            f"reply); latency p50 {p50:.1f} ms, p99 {p99:.1f} ms\n    CPU: {self.cpu}\n"
+            f"    CPU per reading: {self.cpu_per_reading()}\n"
+            f"    peak RSS: {rss}"
         )
 
 
@@ -592,6 +599,9 @@ async def run_load(
     if n != target:
         raise BenchError(f"{name}: the readings table has {n - base:,} new rows, expected {res.accepted:,}")
     res.cpu = cpu.summary()
+    res.cpu_us = (
+        {n: pct / 100 * cpu.wall / res.accepted * 1e6 for n, pct in cpu.percent.items()} if res.accepted else {}
+    )
     res.rss_peak = sampler.next_phase()
     return res
 
@@ -773,6 +783,25 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
                 ) from exc
             log(f"[{tag}]   {r.describe()}")
 
+        # Warm-up, outside every measured window: the first requests fetch the issuer's signing keys,
+        # import what was imported lazily and open connections (a second of CPU, which the first
+        # scenario would otherwise be charged with). Waits until storage holds them too.
+        async with httpx.AsyncClient(base_url=server.http_url, headers=headers, timeout=60) as warm:
+            warm_channel = grpc.aio.insecure_channel(server.grpc_address)
+            try:
+                warm_base = await count()
+                warm_stub = telemetry_pb2_grpc.TelemetryIngestStub(warm_channel)
+                warmed = await httpx_senders([warm], clock, BATCH, 1)[0]()
+                warmed += await grpc_senders(warm_stub, ctx.token, clock, 1)[0]()
+                warmed += await httpx_senders([warm], clock, 1, 1)[0]()
+            finally:
+                await warm_channel.close()
+        deadline = time.perf_counter() + plan.drain_timeout_s
+        while await count() < warm_base + warmed:
+            if time.perf_counter() > deadline:
+                raise BenchError(f"[{tag}] warm-up: {warmed} readings not stored in {plan.drain_timeout_s:.0f} s")
+            await asyncio.sleep(0.05)
+
         # 1. Batches of 500 over REST: httpx clients, each with a few requests in flight.
         log(
             f"[{tag}] REST batches of {BATCH}: {plan.batch_clients} httpx clients x {plan.batch_in_flight} in flight, "
@@ -835,7 +864,7 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
                 js_db_limit,
                 f"min(JetStream, DB) = {js_db_name}",
                 GOAL_BATCHED,
-                note=f"front door acknowledged {r.acked_rate:,.0f}/s; CPU {r.cpu}",
+                note=f"front door acknowledged {r.acked_rate:,.0f}/s; CPU {r.cpu}; per reading {r.cpu_per_reading()}",
             )
         )
     r = results["rest_single"]
@@ -847,7 +876,7 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
             js_single_acked,
             f"JetStream publish+ack x{single_conc}",
             GOAL_SINGLE,
-            note=f"front door acknowledged {r.acked_rate:,.0f}/s; CPU {r.cpu}",
+            note=f"front door acknowledged {r.acked_rate:,.0f}/s; CPU {r.cpu}; per reading {r.cpu_per_reading()}",
         )
     )
     rows.append(

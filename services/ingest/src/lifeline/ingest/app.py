@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy import event
 
 from lifeline.kit.bus import PullConsumer
 from lifeline.kit.catalogue import load_quantities
@@ -40,6 +42,8 @@ class IngestApp(Service):
     async def setup(self) -> None:
         s = self.settings
         region = self.instance.region
+        if s.has_role("storage") and self.db.dialect == "sqlite":
+            await self._size_sqlite_cache(s.sqlite_cache_mib)
         if s.registry == "file":
             self.registry = SensorRegistry.from_files(s.sensors_file, s.quantities_file)
         else:
@@ -88,6 +92,22 @@ class IngestApp(Service):
         )
         self.background.append(self.mirror)
 
+    async def _size_sqlite_cache(self, mib: int) -> None:
+        # Every reading inserts into the readings index next to its sensor's newest entry, so the hot
+        # pages are about one per sensor: with SQLite's default cache (2 MiB) they no longer fit once
+        # the table holds a few hundred thousand rows, and each insert rereads pages from the file
+        # (~40% more CPU per row at 400,000 rows than with 16 MiB).
+        @event.listens_for(self.db.engine.sync_engine, "connect")
+        def _cache_size(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA cache_size=-{int(mib) * 1024}")
+            finally:
+                cursor.close()
+
+        # Connections opened before (if any) get it too: they are opened anew.
+        await self.db.engine.dispose()
+
     def _setup_storage(self, region: str) -> None:
         s = self.settings
         persist_consumer = PullConsumer(
@@ -117,11 +137,21 @@ class IngestApp(Service):
         app.state.readiness["registry"] = self._registry_ready
         return app
 
+    async def start(self) -> None:
+        await super().start()
+        # Everything built so far (imported modules, the app, the registry) lives as long as the
+        # process: moved out of the collector's generations, the full collections that the hot path's
+        # allocations trigger no longer walk it (they took ~15% of the front door's CPU under load).
+        gc.collect()
+        gc.freeze()
+
     async def _registry_ready(self) -> bool:
         return self.registry.ready
 
     async def stop(self) -> None:
         await super().stop()
+        # Collectable again: a process that starts services again (the tests) must not keep them forever.
+        gc.unfreeze()
         if self._assets is not None:
             await self._assets.close()
 

@@ -74,14 +74,14 @@ class MqttHandler:
                 raise ProblemError(413, detail="ingest.body_too_large", params={"max": self.settings.max_body_bytes})
             items = parse_batch(msg.data, self.settings.max_batch)
             outcomes = await self.service.ingest([from_json(x) for x in items], principal, source=f"mqtt:{client}")
-            body: dict[str, Any] = render_results(outcomes, lang)
+            body = render_results(outcomes, lang)
         except ProblemError as problem:
             # A message that can never be valid is answered and acknowledged, not redelivered.
-            body = problem.render(lang)
+            body = msgspec.json.encode(problem.render(lang))
         except (BusUnavailable, RegistryNotReady):
             raise  # nak: the consumer redelivers it once the bus is back or the registry is loaded
         reply = f"devices.{self.region}.{client}.results"
         try:
-            await self.bus.publish_core(reply, msgspec.json.encode(body))
+            await self.bus.publish_core(reply, body)
         except BusUnavailable:
             log.warning("could not answer MQTT client %s", client)

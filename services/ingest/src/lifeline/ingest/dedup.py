@@ -47,6 +47,22 @@ class DedupIndex:
             return v
         return UNKNOWN if ts < w.floor else NEW
 
+    def claim(self, sensor_id: str, ts: int, value: float) -> object | float:
+        """`lookup`, and if NEW `reserve` it at once: the hot path's one call per reading."""
+        w = self._windows.get(sensor_id)
+        if w is None:
+            return UNKNOWN
+        values = w.values
+        prior = values.get(ts)
+        if prior is not None:
+            return prior
+        if ts < w.floor:
+            return UNKNOWN
+        values[ts] = value
+        if len(values) > self.per_sensor:
+            self._prune(w)
+        return NEW
+
     def reserve(self, sensor_id: str, ts: int, value: float) -> None:
         """Record an accepted reading (before publishing; `release` undoes it)."""
         w = self._windows.get(sensor_id)

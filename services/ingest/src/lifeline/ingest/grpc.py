@@ -16,7 +16,7 @@ from lifeline.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 from .endpoints import READER_ROLES, WRITER_ROLES, unavailable
 from .registry import RegistryNotReady
-from .service import IngestQueries, IngestService, Outcome
+from .service import ACCEPTED, DUPLICATE, REJECTED, IngestQueries, IngestService, Outcome
 from .settings import IngestSettings
 from .validation import from_proto
 
@@ -28,18 +28,59 @@ def language(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return i18n.DEFAULT_LANGUAGE
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _results_entry(result: bytes) -> bytes:
+    """One element of a response's ``repeated ReadingResult results = 1`` in wire format."""
+    return b"\x0a" + _varint(len(result)) + result
+
+
+# Entries of results without a rejection, by (index, status), for the indexes of one batch.
+_PLAIN_ENTRIES: dict[tuple[int, int], bytes] = {}
+_PLAIN_ENTRIES_MAX_INDEX = 8192
+
+
+def _plain_entry(index: int, status: int) -> bytes:
+    # ReadingResult fields 1 (index) and 2 (status), both varints; index 0 is the default, left out.
+    return _results_entry((b"\x08" + _varint(index) if index else b"") + b"\x10" + _varint(status))
+
+
 def fill_results(response: Any, outcomes: list[Outcome], lang: str, offset: int = 0) -> None:
-    add = response.results.add
-    for i, o in enumerate(outcomes):
+    """Append one result per outcome (indexes from ``offset``) and count them.
+
+    The results are appended as one piece of wire format (``MergeFromString``): adding them one by one
+    cost ~0.5 µs a reading, a tenth of the whole batch's handling. Only rejections need encoding per
+    reading (they carry a localized detail)."""
+    parts: list[bytes] = []
+    append = parts.append
+    counts = {ACCEPTED: 0, DUPLICATE: 0, REJECTED: 0}
+    cache = _PLAIN_ENTRIES
+    for i, o in enumerate(outcomes, offset):
+        status = o.status
+        counts[status] += 1
         if o.rejection is None:
-            add(index=offset + i, status=o.status)
-            if o.status == telemetry_pb2.READING_STATUS_ACCEPTED:
-                response.accepted += 1
-            else:
-                response.duplicates += 1
+            entry = cache.get((i, status))
+            if entry is None:
+                entry = _plain_entry(i, status)
+                if i < _PLAIN_ENTRIES_MAX_INDEX:
+                    cache[(i, status)] = entry
+            append(entry)
         else:
-            add(index=offset + i, status=o.status, reason=o.rejection.reason, detail=o.rejection.detail(lang))
-            response.rejected += 1
+            result = telemetry_pb2.ReadingResult(
+                index=i, status=status, reason=o.rejection.reason, detail=o.rejection.detail(lang)
+            )
+            append(_results_entry(result.SerializeToString()))
+    response.MergeFromString(b"".join(parts))
+    response.accepted += counts[ACCEPTED]
+    response.duplicates += counts[DUPLICATE]
+    response.rejected += counts[REJECTED]
 
 
 class TelemetryIngestServicer(telemetry_pb2_grpc.TelemetryIngestServicer):

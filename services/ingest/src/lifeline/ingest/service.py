@@ -51,6 +51,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _received_time(batch: telemetry_pb2.ReadingsAccepted) -> int:
+    return batch.received_time_ms
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: int
@@ -122,44 +126,34 @@ class IngestService:
         if not self.registry.ready:
             raise RegistryNotReady("the sensor registry is not loaded yet")
         now = now_ms()
-        outcomes: list[Outcome | None] = [None] * len(items)
-        candidates: list[tuple[int, Candidate]] = []
-        check = self.validator.check
-        for i, item in enumerate(items):
-            res = item if isinstance(item, Rejection) else check(item, principal, now)
-            if isinstance(res, Rejection):
-                outcomes[i] = Outcome(REJECTED, res)
-            else:
-                candidates.append((i, res))
-
+        # Everything accepted unless judged otherwise: most batches are all new readings.
+        outcomes: list[Outcome] = [ACCEPTED_OUTCOME] * len(items)
         accepted: list[Candidate] = []
-        dedup = self.dedup
+        accept = accepted.append
         pending: list[tuple[int, Candidate]] = []
-        seen_in_batch: dict[tuple[str, int], float] = {}
-        for i, c in candidates:
-            key = (c.sensor_id, c.device_time_ms)
-            prior = seen_in_batch.get(key)
-            if prior is None:
-                prior = dedup.lookup(c.sensor_id, c.device_time_ms)
+        claim = self.dedup.claim
+        for i, c in enumerate(self.validator.check_all(items, principal, now)):
+            if isinstance(c, Rejection):
+                outcomes[i] = Outcome(REJECTED, c)
+                continue
+            prior = claim(c[0], c[1], c[2])  # sensor, device time, value
             if prior is NEW:
-                seen_in_batch[key] = c.value
-                dedup.reserve(c.sensor_id, c.device_time_ms, c.value)
-                accepted.append(c)
-                outcomes[i] = ACCEPTED_OUTCOME
+                accept(c)
             elif prior is UNKNOWN:
                 pending.append((i, c))
             else:
                 outcomes[i] = self._judge_repeat(c, prior)  # type: ignore[arg-type]
         if pending:
             async with self._lookup_lock:
-                await self._resolve_in_storage(pending, outcomes, accepted, seen_in_batch)
+                await self._resolve_in_storage(pending, outcomes, accepted)
 
         if accepted:
             try:
                 await self.publisher.submit(accepted, now)
             except BaseException:
+                release = self.dedup.release
                 for c in accepted:
-                    dedup.release(c.sensor_id, c.device_time_ms)
+                    release(c.sensor_id, c.device_time_ms)
                 audit(
                     principal=principal,
                     action="readings.write",
@@ -170,7 +164,6 @@ class IngestService:
                     count=len(items),
                 )
                 raise
-        result = [o for o in outcomes if o is not None]
         audit(
             principal=principal,
             action="readings.write",
@@ -180,13 +173,12 @@ class IngestService:
             count=len(items),
             accepted=len(accepted),
         )
-        assert len(result) == len(items)
         readings_counter.add(len(accepted), {"outcome": "accepted"})
         if len(accepted) != len(items):
-            for o in result:
+            for o in outcomes:
                 if o.status != ACCEPTED:
                     readings_counter.add(1, {"outcome": STATUS_NAME[o.status]})
-        return result
+        return outcomes
 
     @staticmethod
     def _judge_repeat(c: Candidate, prior: float) -> Outcome:
@@ -197,10 +189,15 @@ class IngestService:
     async def _resolve_in_storage(
         self,
         pending: list[tuple[int, Candidate]],
-        outcomes: list[Outcome | None],
+        outcomes: list[Outcome],
         accepted: list[Candidate],
-        seen_in_batch: dict[tuple[str, int], float],
     ) -> None:
+        """Judge readings memory cannot (below a sensor's floor) by what storage holds.
+
+        A reading accepted earlier in this batch may have been pruned from memory already (which is
+        why it came here): this batch's accepted readings count as known too.
+        """
+        seen_in_batch = {(c.sensor_id, c.device_time_ms): c.value for c in accepted}
         keys = [(c.sensor_id, c.device_time_ms) for _, c in pending]
         async with self.db.transaction() as session:
             stored = await repository.lookup_values(session=session, keys=keys)
@@ -215,15 +212,14 @@ class IngestService:
                 seen_in_batch[key] = c.value
                 self.dedup.reserve(c.sensor_id, c.device_time_ms, c.value)
                 accepted.append(c)
-                outcomes[i] = ACCEPTED_OUTCOME
             else:
                 outcomes[i] = self._judge_repeat(c, prior)
 
     async def _publish(self, accepted: list[Candidate], received_ms: int) -> None:
         msg = telemetry_pb2.ReadingsAccepted(region=self.region)
         add = msg.readings.add
-        for c in accepted:
-            add(sensor_id=c.sensor_id, device_time_ms=c.device_time_ms, value=c.value, unit=c.unit, quality=c.quality)
+        for sensor_id, ts, value, unit, quality, _region in accepted:
+            add(sensor_id=sensor_id, device_time_ms=ts, value=value, unit=unit, quality=quality)
         # The id covers the readings, not the arrival time: a client's retry after a lost answer
         # republishes the same content, which JetStream then drops within its duplicate window.
         # (One serialisation without the arrival time, rather than one per reading.)
@@ -241,34 +237,27 @@ class IngestService:
 
     async def persist(self, batches: Sequence[telemetry_pb2.ReadingsAccepted]) -> None:
         """Store accepted readings idempotently, move latest values, and bring silent sensors back."""
-        latest: dict[str, dict[str, Any]] = {}
+        # Per sensor: its row with the greatest device time, and the latest arrival. Batches in arrival
+        # order, so the last arrival written for a sensor is its greatest.
+        newest: dict[str, tuple[Any, ...]] = {}
+        seen: dict[str, int] = {}
         stored = 0
         with tracer.start_as_current_span("ingest.persist") as span:
             async with self.db.transaction() as session:
                 rows: list[tuple[Any, ...]] = []
                 append = rows.append
-                for batch in batches:
+                newest_get = newest.get
+                for batch in sorted(batches, key=_received_time):
                     received = batch.received_time_ms
                     region = batch.region
                     for r in batch.readings:
-                        sid, ts, value = r.sensor_id, r.device_time_ms, r.value
-                        append((sid, ts, value, r.unit, r.quality, received, region))
-                        cur = latest.get(sid)
-                        if cur is None or ts > cur["device_time_ms"]:
-                            latest[sid] = {
-                                "sensor_id": sid,
-                                "device_time_ms": ts,
-                                "value": value,
-                                "unit": r.unit,
-                                "quality": r.quality,
-                                "received_ms": received,
-                                "region": region,
-                                "last_seen_ms": max(received, cur["last_seen_ms"]) if cur else received,
-                                "state": telemetry_pb2.SENSOR_STATE_ONLINE,
-                                "state_changed_ms": received,
-                            }
-                        elif received > cur["last_seen_ms"]:
-                            cur["last_seen_ms"] = received
+                        sid, ts = r.sensor_id, r.device_time_ms
+                        row = (sid, ts, r.value, r.unit, r.quality, received, region)
+                        append(row)
+                        seen[sid] = received
+                        cur = newest_get(sid)
+                        if cur is None or ts > cur[1]:
+                            newest[sid] = row
                     if len(rows) >= PERSIST_CHUNK_ROWS:
                         # In chunks: a fetch from a backlog (consumer_batch messages of up to max_batch
                         # readings) would otherwise hold 100,000 rows at once.
@@ -279,15 +268,19 @@ class IngestService:
                 if rows:
                     await repository.insert_readings(session=session, rows=rows)
                     stored += len(rows)
-                back_online = await repository.offline_among(session=session, sensor_ids=latest.keys())
-                await repository.upsert_latest(session=session, rows=list(latest.values()))
+                back_online = await repository.offline_among(session=session, sensor_ids=newest.keys())
+                online = telemetry_pb2.SENSOR_STATE_ONLINE
+                await repository.upsert_latest(
+                    session=session,
+                    rows=[
+                        # LATEST_COLUMNS from a READING_COLUMNS row
+                        (sid, region, ts, value, unit, quality, received, seen[sid], online, received)
+                        for sid, ts, value, unit, quality, received, region in newest.values()
+                    ],
+                )
                 for sensor_id in sorted(back_online):
                     self._enqueue_status(
-                        session,
-                        sensor_id,
-                        telemetry_pb2.SENSOR_STATE_ONLINE,
-                        latest[sensor_id]["last_seen_ms"],
-                        latest[sensor_id]["last_seen_ms"],
+                        session, sensor_id, telemetry_pb2.SENSOR_STATE_ONLINE, seen[sensor_id], seen[sensor_id]
                     )
             span.set_attribute("lifeline.readings", stored)
         persisted_counter.add(stored)

@@ -38,6 +38,9 @@ class IngestSettings(ServiceSettings):
     offline_factor: float = 3.0
     status_check_interval_s: float = 10.0
     consumer_batch: int = 200
+    # SQLite page cache of the storing process's connections: room for the index pages the inserts
+    # touch (about one per sensor); the default 2 MiB holds ~500 sensors' worth.
+    sqlite_cache_mib: int = Field(default=16, ge=2)
     # How long the storing consumer waits to fill a batch (storage latency, not acknowledgement latency).
     consumer_linger_s: float = 0.25
     dedup_per_sensor: int = 128

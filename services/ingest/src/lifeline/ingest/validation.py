@@ -8,7 +8,7 @@ The hot path: plain tuples and ints, no pydantic per reading. A reading is norma
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -176,44 +176,78 @@ class Validator:
         self._sees_principal: Principal | None = None
         self._sees: dict[str, bool] = {}
 
-    def check(self, fields: tuple[str, int, Any, str, Any], principal: Principal, now_ms: int) -> Candidate | Rejection:
-        sensor_id, ts, value, unit, quality = fields
-        sensor = self.registry.get(sensor_id)
-        if sensor is None:
-            return Rejection(R.REJECT_REASON_UNKNOWN_SENSOR, {"sensor": sensor_id})
-        region = sensor.region
+    def check_all(
+        self,
+        items: Sequence[tuple[str, int, Any, str, Any] | Rejection],
+        principal: Principal,
+        now_ms: int,
+    ) -> list[Candidate | Rejection]:
+        """Judge each reading's picked fields (a Rejection from picking them passes through).
+
+        One loop over the batch with everything it reads bound once: this runs for every reading.
+        """
+        sensors = self.registry.get
         if principal is not self._sees_principal:
             self._sees_principal, self._sees = principal, {}
-        sees = self._sees.get(region)
-        if sees is None:
-            sees = self._sees[region] = principal.sees(region)
-        if not sees:
-            return Rejection(R.REJECT_REASON_FORBIDDEN_REGION, {"region": region})
-        if not sensor.active:
-            return Rejection(R.REJECT_REASON_SENSOR_RETIRED, {"sensor": sensor_id})
-        if quality not in VALID_QUALITIES:
-            return Rejection(R.REJECT_REASON_BAD_QUALITY_FLAG, {"quality": quality})
-        if ts > now_ms + self.limits.max_future_skew_ms:
-            return Rejection(R.REJECT_REASON_TIME_IN_FUTURE, {"skew": self.limits.max_future_skew_ms // 1000})
-        if ts < now_ms - self.limits.retention_ms:
-            return Rejection(R.REJECT_REASON_TIME_TOO_OLD, {"days": self.limits.retention_ms // 86_400_000})
-        value = float(value)
-        if not math.isfinite(value):
-            return Rejection(R.REJECT_REASON_NOT_FINITE, {})
-        quantity = sensor.quantity
-        # No unit: the unit the sensor is registered with.
-        unit = unit or sensor.spec.unit
-        if unit != quantity.unit:
-            try:
-                value = quantity.convert(value, unit)
-            except UnitError:
-                return Rejection(
-                    R.REJECT_REASON_UNIT_MISMATCH,
-                    {"unit": unit, "quantity": quantity.code, "expected": quantity.unit},
-                )
-        low, high = sensor.range
-        if not low <= value <= high:
-            return Rejection(
-                R.REJECT_REASON_OUT_OF_RANGE, {"value": value, "low": low, "high": high, "unit": quantity.unit}
-            )
-        return Candidate(sensor_id, ts, value, quantity.unit, quality, region)
+        sees_cache = self._sees
+        newest = now_ms + self.limits.max_future_skew_ms
+        oldest = now_ms - self.limits.retention_ms
+        isfinite = math.isfinite
+        # Candidate(...) runs the NamedTuple's generated __new__ in Python; this is the same tuple.
+        candidate = tuple.__new__
+        out: list[Candidate | Rejection] = []
+        append = out.append
+        for fields in items:
+            if isinstance(fields, Rejection):
+                append(fields)
+                continue
+            sensor_id, ts, value, unit, quality = fields
+            sensor = sensors(sensor_id)
+            if sensor is None:
+                append(Rejection(R.REJECT_REASON_UNKNOWN_SENSOR, {"sensor": sensor_id}))
+                continue
+            region = sensor.region
+            sees = sees_cache.get(region)
+            if sees is None:
+                sees = sees_cache[region] = principal.sees(region)
+            if not sees:
+                append(Rejection(R.REJECT_REASON_FORBIDDEN_REGION, {"region": region}))
+            elif not sensor.active:
+                append(Rejection(R.REJECT_REASON_SENSOR_RETIRED, {"sensor": sensor_id}))
+            elif quality not in VALID_QUALITIES:
+                append(Rejection(R.REJECT_REASON_BAD_QUALITY_FLAG, {"quality": quality}))
+            elif ts > newest:
+                append(Rejection(R.REJECT_REASON_TIME_IN_FUTURE, {"skew": self.limits.max_future_skew_ms // 1000}))
+            elif ts < oldest:
+                append(Rejection(R.REJECT_REASON_TIME_TOO_OLD, {"days": self.limits.retention_ms // 86_400_000}))
+            else:
+                value = float(value)
+                if not isfinite(value):
+                    append(Rejection(R.REJECT_REASON_NOT_FINITE, {}))
+                    continue
+                canonical = sensor.canonical_unit
+                # No unit: the unit the sensor is registered with.
+                unit = unit or sensor.default_unit
+                if unit != canonical:
+                    quantity = sensor.quantity
+                    try:
+                        value = quantity.convert(value, unit)
+                    except UnitError:
+                        append(
+                            Rejection(
+                                R.REJECT_REASON_UNIT_MISMATCH,
+                                {"unit": unit, "quantity": quantity.code, "expected": canonical},
+                            )
+                        )
+                        continue
+                low, high = sensor.range
+                if low <= value <= high:
+                    append(candidate(Candidate, (sensor_id, ts, value, canonical, quality, region)))
+                else:
+                    append(
+                        Rejection(
+                            R.REJECT_REASON_OUT_OF_RANGE,
+                            {"value": value, "low": low, "high": high, "unit": canonical},
+                        )
+                    )
+        return out

@@ -1,0 +1,75 @@
+"""The storing consumer's transaction: idempotent rows, latest value by device time, last seen by arrival."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from lifeline.ingest import repository
+from lifeline.ingest.app import IngestApp
+from lifeline.ingest.models import latest_table
+from lifeline.v1 import common_pb2
+from lifeline.v1 import telemetry_pb2 as T
+
+from .helpers import count_rows, now_ms, stored_rows
+
+
+def accepted(received_ms: int, *readings: tuple[str, int, float]) -> T.ReadingsAccepted:
+    msg = T.ReadingsAccepted(region="340100", received_time_ms=received_ms)
+    for sensor, ts, value in readings:
+        msg.readings.add(sensor_id=sensor, device_time_ms=ts, value=value, unit="%LEL", quality=common_pb2.QUALITY_GOOD)
+    return msg
+
+
+async def latest_row(app: IngestApp, sensor: str) -> tuple[int, float, int, int]:
+    c = latest_table.c
+    async with app.db.transaction() as s:
+        row = (
+            await (await s.connection()).execute(
+                select(c.device_time_ms, c.value, c.received_ms, c.last_seen_ms).where(c.sensor_id == sensor)
+            )
+        ).one()
+    return (row[0], row[1], row[2], row[3])
+
+
+async def test_batches_out_of_order_and_redelivered_store_once_and_keep_the_newest(ingest: IngestApp):
+    t = now_ms() - 3_600_000
+    a, b = "GAS-CH4-1", "GAS-CH4-2"
+    first = accepted(t + 2000, (a, t + 10, 1.0), (b, t, 5.0))
+    # Arrived earlier but fetched after: carries the newest reading of `a` and an older one.
+    second = accepted(t + 1000, (a, t + 20, 2.0), (a, t + 5, 0.5))
+    await ingest.service.persist([first, second])
+    # Newest by device time (from the earlier arrival), last seen at the latest arrival.
+    assert await latest_row(ingest, a) == (t + 20, 2.0, t + 1000, t + 2000)
+    assert await latest_row(ingest, b) == (t, 5.0, t + 2000, t + 2000)
+
+    # A late reading and a redelivery of a whole message: stored once; the latest never goes back.
+    await ingest.service.persist([accepted(t + 3000, (a, t + 1, 9.0)), first])
+    assert await count_rows(ingest) == 5
+    assert sorted(await stored_rows(ingest)) == [
+        (a, t + 1, 9.0),
+        (a, t + 5, 0.5),
+        (a, t + 10, 1.0),
+        (a, t + 20, 2.0),
+        (b, t, 5.0),
+    ]
+    assert await latest_row(ingest, a) == (t + 20, 2.0, t + 1000, t + 3000)
+    assert await latest_row(ingest, b) == (t, 5.0, t + 2000, t + 2000)
+
+
+async def test_readings_are_written_inside_the_callers_transaction(ingest: IngestApp):
+    t = now_ms() - 3_600_000
+
+    def row(ts: int) -> tuple[object, ...]:
+        return ("GAS-CH4-1", ts, 1.0, "%LEL", common_pb2.QUALITY_GOOD, t, "340100")
+
+    async with ingest.db.transaction() as session:
+        await repository.insert_readings(session=session, rows=[row(t)])
+    # A transaction that fails after writing keeps nothing of it, whether its rows were all new or
+    # some were stored already (PostgreSQL takes a different path for those).
+    for rows in ([row(t + 1)], [row(t), row(t + 2)]):
+        with pytest.raises(RuntimeError):
+            async with ingest.db.transaction() as session:
+                await repository.insert_readings(session=session, rows=rows)
+                raise RuntimeError("after the insert")
+    assert await stored_rows(ingest) == [("GAS-CH4-1", t, 1.0)]
