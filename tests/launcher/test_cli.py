@@ -211,7 +211,9 @@ def _ready_url(env: dict[str, str]) -> str:
     return f"http://127.0.0.1:{env['LIFELINE_INGEST_HTTP_PORT']}/readyz"
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> dict:
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> dict:
+    # A guard against a hang, not a speed goal: on a busy machine the start-up (the migrations child
+    # included) can take half a minute.
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:

@@ -22,6 +22,7 @@ from typing import Any
 from lifeline.kit.auth import TokenVerifier
 from lifeline.kit.bus import Bus
 from lifeline.kit.config import InstanceSettings, ServiceSettings, Tier
+from lifeline.kit.migrations import migrate_in_child
 from lifeline.kit.runtime import Service
 from lifeline.kit.telemetry import flush_telemetry, service_context
 
@@ -101,11 +102,15 @@ class Instance:
 
     ``settings_overrides`` maps a service name to keyword arguments for its settings class; they win
     over the service's environment (the demo uses them for ports and sample files).
+    ``migrate_in_child`` migrates every service's database in a short-lived child process before any
+    service starts, so this process never imports Alembic (``lifeline run``: ~8 MB less RSS); otherwise
+    each service migrates in-process as it starts (tests, the demo: no extra process start per database).
     """
 
     settings: InstanceSettings
     names: Sequence[str]
     settings_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    migrate_in_child: bool = False
     services: dict[str, Service] = field(default_factory=dict, init=False)
     bus: Bus | None = field(default=None, init=False)
     verifier: TokenVerifier | None = field(default=None, init=False)
@@ -115,6 +120,17 @@ class Instance:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         classes = {name: load_service(name) for name in self.names}
+        if self.migrate_in_child:
+            await migrate_in_child(
+                [
+                    (
+                        cls.settings_cls(**dict(self.settings_overrides.get(name, {}))).database_url_for(s),
+                        cls.migrations,
+                    )
+                    for name, cls in classes.items()
+                    if cls.migrations is not None
+                ]
+            )
         self.bus = Bus(s.nats_url, name=f"lifeline-{s.tier}-{s.region}", user=s.nats_user, password=s.nats_password)
         # Services start without NATS too (they report not ready and catch up); waiting a little first
         # keeps the common start-up free of "bus not connected" warnings.
@@ -204,7 +220,7 @@ async def run_single_process(settings: InstanceSettings, names: Sequence[str]) -
     """Run the services in this process until SIGINT/SIGTERM; 0 after a clean stop."""
     stop = asyncio.Event()
     remove = install_stop_signals(stop)
-    instance = Instance(settings, names)
+    instance = Instance(settings, names, migrate_in_child=True)
     try:
         try:
             await instance.start()
