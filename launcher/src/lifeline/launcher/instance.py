@@ -103,7 +103,7 @@ class Instance:
     ``settings_overrides`` maps a service name to keyword arguments for its settings class; they win
     over the service's environment (the demo uses them for ports and sample files).
     ``migrate_in_child`` migrates every service's database in a short-lived child process before any
-    service starts, so this process never imports Alembic (``lifeline run``: ~8 MB less RSS); otherwise
+    service starts, so this process never imports Alembic (``lifeline run``: ~10 MB less RSS); otherwise
     each service migrates in-process as it starts (tests, the demo: no extra process start per database).
     """
 

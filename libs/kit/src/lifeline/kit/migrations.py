@@ -10,7 +10,7 @@ Each service keeps hand-written migrations in its own folder (``lifeline/<servic
 ``migrate(url, script_location)`` runs ``alembic upgrade heads`` in one transaction on an async
 engine, so a failing migration leaves the schema as it was (PostgreSQL and, thanks to the real
 transactions set up in ``lifeline.kit.db``, SQLite too). A database already at the scripts' heads (every
-restart) is recognised without Alembic, which is then never imported: it is ~8 MB of a service's RSS.
+restart) is recognised without Alembic, which is then never imported: it is ~10 MB of a service's RSS.
 ``migrate_in_child()`` runs the migrations of a fresh or older database in a short-lived child process
 (``python -m lifeline.kit.migrations``) for the same reason: ``lifeline run`` migrates that way before
 it serves, so a serving process never imports Alembic.
