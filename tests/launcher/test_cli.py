@@ -20,10 +20,12 @@ from lifeline.kit.runtime import Service
 from lifeline.launcher import cli
 from lifeline.launcher.instance import (
     SERVICES,
+    SETTINGS,
     TIER_SERVICES,
     ServiceSelectionError,
     Supervisor,
     load_service,
+    load_settings,
     services_for,
 )
 
@@ -134,6 +136,9 @@ def test_every_registered_service_loads_and_runs_at_some_tier() -> None:
         assert issubclass(cls, Service)
         assert cls.name == name
         assert any(name in allowed for allowed in TIER_SERVICES.values())
+        # The supervisor wires peers from SETTINGS: it must name the very class the service uses.
+        assert load_settings(name) is cls.settings_cls
+    assert set(SETTINGS) == set(SERVICES)
 
 
 def test_ingest_is_a_city_service() -> None:
@@ -179,6 +184,24 @@ def test_children_run_one_service_with_the_parents_settings() -> None:
     assert cmd[3:] == ["run", "--tier", "city", "--region", "340100", "--services", "ingest"]
     env = sup.child_env()
     assert (env["LIFELINE_TIER"], env["LIFELINE_REGION"]) == ("city", "340100")
+
+
+_SUPERVISOR_WIRING_AND_SAY_WHAT_IT_IMPORTED = (
+    "import sys\n"
+    "from lifeline.launcher import cli\n"
+    "from lifeline.launcher.instance import Supervisor\n"
+    "sup = Supervisor(cli.instance_settings('city', '340100'), ['assets', 'ingest', 'alerts'])\n"
+    "assert sup.child_env()['LIFELINE_INGEST_ASSETS_GRPC']\n"
+    "print(sorted(m for m in ('sqlalchemy', 'fastapi', 'grpc', 'lifeline.ingest.app') if m in sys.modules))\n"
+)
+
+
+def test_the_supervisor_imports_no_service() -> None:
+    # Microservices mode: the parent only starts and restarts children; the web, database and gRPC
+    # stacks (~70 MB of RSS) live in the children alone.
+    cmd = [sys.executable, "-c", _SUPERVISOR_WIRING_AND_SAY_WHAT_IT_IMPORTED]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
 
 
 # ─────────────────────────────── `lifeline run` as a process ───────────────────────────────
@@ -272,7 +295,7 @@ def test_run_processes_restarts_a_dead_child_and_stops_all_on_sigterm(run_env: d
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_ready(_ready_url(run_env), proc, timeout=45)
+        _wait_ready(_ready_url(run_env), proc, timeout=90)
         parent = psutil.Process(proc.pid)
         children = parent.children()
         # One child per service of the tier.
@@ -291,7 +314,7 @@ def test_run_processes_restarts_a_dead_child_and_stops_all_on_sigterm(run_env: d
             time.sleep(0.2)
         (second,) = ingest_children()
         assert second.pid != first.pid
-        _wait_ready(_ready_url(run_env), proc, timeout=45)
+        _wait_ready(_ready_url(run_env), proc, timeout=90)
         rc, err = _stop(proc, timeout=30)
         assert rc == 0, err[-3000:]
         assert "restarting" in err
