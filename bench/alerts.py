@@ -242,6 +242,7 @@ async def serve() -> int:
     from lifeline.kit.auth import TokenVerifier
     from lifeline.kit.bus import Bus
     from lifeline.kit.config import InstanceSettings
+    from lifeline.kit.migrations import migrate_in_child
     from lifeline.kit.telemetry import setup_telemetry
 
     instance = InstanceSettings()
@@ -252,6 +253,9 @@ async def serve() -> int:
     await bus.wait_ready(15)
     verifier = TokenVerifier(instance.oidc_issuer, instance.oidc_audience)
     app = AlertsApp(instance=instance, settings=settings, bus=bus, verifier=verifier)
+    # As `lifeline run` does: migrated by a child process, so this one never imports Alembic.
+    assert AlertsApp.migrations is not None
+    await migrate_in_child([(app.database_url, AlertsApp.migrations)])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,10 +20,12 @@ from lifeline.kit.runtime import Service
 from lifeline.launcher import cli
 from lifeline.launcher.instance import (
     SERVICES,
+    SETTINGS,
     TIER_SERVICES,
     ServiceSelectionError,
     Supervisor,
     load_service,
+    load_settings,
     services_for,
 )
 
@@ -71,6 +73,19 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
         cli.build_parser().parse_args(argv)
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_census_takes_its_own_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `lifeline census` hands its arguments to the generator's parser (not imported to build ours).
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["census", "--region", "nowhere"])
+    assert exc.value.code == 2
+    assert "lifeline census: error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "--region", "340100", "--check"])
+    assert exc.value.code == 2
+    assert cli.main(["census", "--check", "--out", str(tmp_path), "--region", "340200"]) == 1
+    assert "stale:" in capsys.readouterr().err
 
 
 def test_demo_arguments() -> None:
@@ -134,6 +149,9 @@ def test_every_registered_service_loads_and_runs_at_some_tier() -> None:
         assert issubclass(cls, Service)
         assert cls.name == name
         assert any(name in allowed for allowed in TIER_SERVICES.values())
+        # The supervisor wires peers from SETTINGS: it must name the very class the service uses.
+        assert load_settings(name) is cls.settings_cls
+    assert set(SETTINGS) == set(SERVICES)
 
 
 def test_ingest_is_a_city_service() -> None:
@@ -181,6 +199,26 @@ def test_children_run_one_service_with_the_parents_settings() -> None:
     assert (env["LIFELINE_TIER"], env["LIFELINE_REGION"]) == ("city", "340100")
 
 
+_SUPERVISOR_WIRING_AND_SAY_WHAT_IT_IMPORTED = (
+    "import sys\n"
+    "from lifeline.launcher import cli\n"
+    "from lifeline.launcher.instance import Supervisor\n"
+    "cli.build_parser().parse_args(['run', '--processes'])\n"
+    "sup = Supervisor(cli.instance_settings('city', '340100'), ['assets', 'ingest', 'alerts'])\n"
+    "assert sup.child_env()['LIFELINE_INGEST_ASSETS_GRPC']\n"
+    "heavy = ('sqlalchemy', 'fastapi', 'grpc', 'lifeline.ingest.app', 'lifeline.launcher.census')\n"
+    "print(sorted(m for m in heavy if m in sys.modules))\n"
+)
+
+
+def test_the_supervisor_imports_no_service() -> None:
+    # Microservices mode: the parent only starts and restarts children; the web, database and gRPC
+    # stacks (~70 MB of RSS) live in the children alone, and the census generator in `lifeline census`.
+    cmd = [sys.executable, "-c", _SUPERVISOR_WIRING_AND_SAY_WHAT_IT_IMPORTED]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 # ─────────────────────────────── `lifeline run` as a process ───────────────────────────────
 
 
@@ -211,7 +249,9 @@ def _ready_url(env: dict[str, str]) -> str:
     return f"http://127.0.0.1:{env['LIFELINE_INGEST_HTTP_PORT']}/readyz"
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> dict:
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> dict:
+    # A guard against a hang, not a speed goal: on a busy machine the start-up (the migrations child
+    # included) can take half a minute.
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -270,7 +310,7 @@ def test_run_processes_restarts_a_dead_child_and_stops_all_on_sigterm(run_env: d
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_ready(_ready_url(run_env), proc, timeout=45)
+        _wait_ready(_ready_url(run_env), proc, timeout=90)
         parent = psutil.Process(proc.pid)
         children = parent.children()
         # One child per service of the tier.
@@ -289,7 +329,7 @@ def test_run_processes_restarts_a_dead_child_and_stops_all_on_sigterm(run_env: d
             time.sleep(0.2)
         (second,) = ingest_children()
         assert second.pid != first.pid
-        _wait_ready(_ready_url(run_env), proc, timeout=45)
+        _wait_ready(_ready_url(run_env), proc, timeout=90)
         rc, err = _stop(proc, timeout=30)
         assert rc == 0, err[-3000:]
         assert "restarting" in err

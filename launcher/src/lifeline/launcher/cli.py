@@ -105,14 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--burst-at", type=float, default=900.0, help="seconds after start (<0: none)")
     sim.add_argument("--rate", type=float, default=5000.0, help="max readings per second (0: no cap)")
 
-    census = sub.add_parser(
+    # The census generator parses its own arguments (`lifeline census --help`): importing it here would
+    # put its module (~1 MB) into every `lifeline run` process.
+    sub.add_parser(
         "census",
         help="write the sample census of Hefei and Wuhu (facilities, sensors, links, risk sources, units)",
-        description="Generate the synthetic sample census (deterministic for a seed) as GeoJSON, CSV and JSON.",
+        add_help=False,
     )
-    from .census import build_parser as census_arguments
-
-    census_arguments(census)
     return parser
 
 
@@ -216,9 +215,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_census(args: argparse.Namespace) -> int:
-    from .census import run
+    from .census import main as census_main
 
-    return run(args)
+    return census_main(args.census_args)
 
 
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "simulate": cmd_simulate, "census": cmd_census}
@@ -226,7 +225,12 @@ COMMANDS = {"run": cmd_run, "demo": cmd_demo, "simulate": cmd_simulate, "census"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lifeline`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "census":
+        args.census_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health as health_module
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection_pb2_grpc
 
 from lifeline.kit.i18n import DEFAULT_LANGUAGE, negotiate
 from lifeline.kit.problems import ProblemError
@@ -39,7 +39,7 @@ __all__ = [
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 GRPC_DETAILS_METADATA_KEY: Final = "grpc-status-details-bin"
 HEALTH_SERVICE: Final[str] = health_module.SERVICE_NAME
-REFLECTION_SERVICE: Final[str] = reflection.SERVICE_NAME
+REFLECTION_SERVICE: Final[str] = "grpc.reflection.v1alpha.ServerReflection"
 
 _log = logging.getLogger(__name__)
 
@@ -260,6 +260,28 @@ def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+class _LazyReflection:
+    """gRPC server reflection, built on its first call.
+
+    Only operators' tools (grpcurl, Postman) call it; the reflection servicer imports protobuf's own
+    descriptor module, ~3 MB of every service's RSS, so a process that is never asked pays nothing.
+    """
+
+    def __init__(self, service_names: Sequence[str]) -> None:
+        self._service_names = tuple(service_names)
+        self._servicer: Any = None
+
+    async def ServerReflectionInfo(  # the RPC's name in grpc/reflection/v1alpha
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        if self._servicer is None:
+            from grpc_reflection.v1alpha import reflection
+
+            self._servicer = reflection.aio.ReflectionServicer(self._service_names)  # type: ignore[attr-defined]
+        async for response in self._servicer.ServerReflectionInfo(request_iterator, context):
+            yield response
+
+
 async def start_grpc_server(
     *,
     host: str = "127.0.0.1",
@@ -284,7 +306,9 @@ async def start_grpc_server(
         add(servicer, server)
     health = health_module.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection([*service_names, HEALTH_SERVICE, REFLECTION_SERVICE], server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        _LazyReflection([*service_names, HEALTH_SERVICE, REFLECTION_SERVICE]), server
+    )
     bound = server.add_insecure_port(f"{_host_for_url(host)}:{port}")
     if bound == 0:
         raise OSError(f"gRPC server could not bind {host}:{port}")

@@ -305,6 +305,8 @@ async def serve_http(
         host=host,
         port=port,
         lifespan="on",
+        # No service serves WebSockets (live feeds are SSE): "auto" would import a WebSocket library.
+        ws="none",
         # Logging is configured once for the process (telemetry.configure_logging), not per server.
         log_config=None,
         server_header=False,
