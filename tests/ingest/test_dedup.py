@@ -48,3 +48,17 @@ def test_late_reading_kept_in_memory_does_not_lower_the_floor() -> None:
     # Pruned to the newest two; the floor never drops below where it started.
     assert idx.lookup("s", 60) is UNKNOWN
     assert idx.lookup("s", 103) == 0.0
+
+
+def test_out_of_order_readings_above_the_floor_and_release_of_the_newest() -> None:
+    idx = DedupIndex(per_sensor=8)
+    idx.seed("s", 100)
+    for ts in (110, 105, 120):
+        assert idx.claim("s", ts, float(ts)) is NEW
+    assert idx.claim("s", 105, 105.0) == 105.0  # older than the newest, still known
+    assert idx.claim("s", 107, 1.0) is NEW  # between held readings, above the floor: new
+    idx.release("s", 120)  # the newest's publish failed: it is new again, the rest stay
+    assert idx.lookup("s", 120) is NEW
+    assert idx.lookup("s", 110) == 110.0
+    assert idx.claim("s", 120, 3.0) is NEW
+    assert idx.lookup("s", 120) == 3.0

@@ -12,20 +12,56 @@ both accept it; a reservation is released if the bus refuses the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from array import array
 
 UNKNOWN = object()  # below the floor: ask the database
 NEW = object()
 
 
-@dataclass(slots=True)
 class _SensorWindow:
-    floor: int  # readings with device time >= floor are all in `values` (or new)
-    values: dict[int, float] = field(default_factory=dict)
+    """One sensor's recent accepted readings as two parallel typed arrays.
+
+    A dict of Python ints and floats cost ~12 KB per sensor at 128 readings (120 MB for a city of
+    10,000 sensors); typed arrays hold a reading in 16 bytes. Devices report in time order, so the
+    common case is a reading newer than every one held: ``newest`` decides it without a scan.
+    """
+
+    __slots__ = ("floor", "newest", "times", "values")
+
+    def __init__(self, floor: int) -> None:
+        self.floor = floor  # readings with device time >= floor are all held here (or new)
+        self.newest = floor - 1
+        self.times = array("q")
+        self.values = array("d")
+
+    def get(self, ts: int) -> float | None:
+        if ts > self.newest or ts not in self.times:
+            return None
+        return self.values[self.times.index(ts)]
+
+    def add(self, ts: int, value: float) -> None:
+        self.times.append(ts)
+        self.values.append(value)
+        if ts > self.newest:
+            self.newest = ts
+
+    def remove(self, ts: int) -> None:
+        if ts <= self.newest and ts in self.times:
+            i = self.times.index(ts)
+            del self.times[i]
+            del self.values[i]
+            self.newest = max(self.times, default=self.floor - 1)
+
+    def keep_newest(self, n: int) -> None:
+        keep = sorted(zip(self.times, self.values, strict=True))[-n:]
+        # The floor only rises: below it, memory is a cache and storage is the authority.
+        self.floor = max(self.floor, keep[0][0])
+        self.times = array("q", [t for t, _ in keep])
+        self.values = array("d", [v for _, v in keep])
 
 
 class DedupIndex:
-    def __init__(self, per_sensor: int = 128) -> None:
+    def __init__(self, per_sensor: int = 32) -> None:
         self.per_sensor = per_sensor
         self._windows: dict[str, _SensorWindow] = {}
 
@@ -42,7 +78,7 @@ class DedupIndex:
         w = self._windows.get(sensor_id)
         if w is None:
             return UNKNOWN
-        v = w.values.get(ts)
+        v = w.get(ts)
         if v is not None:
             return v
         return UNKNOWN if ts < w.floor else NEW
@@ -52,15 +88,15 @@ class DedupIndex:
         w = self._windows.get(sensor_id)
         if w is None:
             return UNKNOWN
-        values = w.values
-        prior = values.get(ts)
-        if prior is not None:
-            return prior
-        if ts < w.floor:
-            return UNKNOWN
-        values[ts] = value
-        if len(values) > self.per_sensor:
-            self._prune(w)
+        if ts <= w.newest:
+            prior = w.get(ts)
+            if prior is not None:
+                return prior
+            if ts < w.floor:
+                return UNKNOWN
+        w.add(ts, value)
+        if len(w.times) > self.per_sensor:
+            w.keep_newest(self.per_sensor // 2)
         return NEW
 
     def reserve(self, sensor_id: str, ts: int, value: float) -> None:
@@ -69,22 +105,15 @@ class DedupIndex:
         if w is None:
             # Seen only through a storage lookup: storage knows everything below this reading.
             w = self._windows[sensor_id] = _SensorWindow(ts)
-        w.values[ts] = value
-        if len(w.values) > self.per_sensor:
-            self._prune(w)
+        w.add(ts, value)
+        if len(w.times) > self.per_sensor:
+            w.keep_newest(self.per_sensor // 2)
 
     def release(self, sensor_id: str, ts: int) -> None:
         """Forget a reservation whose publish failed."""
         w = self._windows.get(sensor_id)
         if w is not None:
-            w.values.pop(ts, None)
-
-    def _prune(self, w: _SensorWindow) -> None:
-        # Keep the newest half; everything older is (or will shortly be) in storage.
-        keep = sorted(w.values)[-(self.per_sensor // 2) :]
-        # The floor only rises: below it, memory is a cache and storage is the authority.
-        w.floor = max(w.floor, keep[0])
-        w.values = {ts: w.values[ts] for ts in keep}
+            w.remove(ts)
 
     def __len__(self) -> int:
-        return sum(len(w.values) for w in self._windows.values())
+        return sum(len(w.times) for w in self._windows.values())
