@@ -314,7 +314,8 @@ class AlertsService:
         engine = self.engine
         if not (changes or engine.dirty or engine.finished_hours):
             return
-        async with self.db.transaction() as session:
+        # The hot path (every batch that changes a rule state): Core statements, no ORM session.
+        async with self.db.core_transaction() as session:
             breaches: dict[str, _Breaches] = {}
             moved: set[str] = set()
             raised: set[str] = set()
