@@ -325,6 +325,7 @@ class JsRoundTrip:
         self.interval_s = interval_s
         self.samples: list[float] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def setup(self) -> None:
         from nats.js.api import StreamConfig
@@ -335,7 +336,7 @@ class JsRoundTrip:
     async def _run(self) -> None:
         import nats.errors
 
-        while True:
+        while not self._stopping:
             t0 = time.perf_counter()
             await self.js.publish("benchrtt.x", b"x", headers={"Nats-Msg-Id": secrets.token_hex(8)})
             while True:
@@ -351,10 +352,14 @@ class JsRoundTrip:
     @contextlib.asynccontextmanager
     async def running(self) -> Any:
         self.samples = []
+        self._stopping = False
         self._task = asyncio.create_task(self._run())
         try:
             yield self
         finally:
+            # The flag as well as the cancel: nats-py's fetch (asyncio.wait_for on Python 3.11) can swallow
+            # a cancellation that lands as a message arrives, and the loop then ran on and hung the bench.
+            self._stopping = True
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
