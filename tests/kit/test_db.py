@@ -175,6 +175,26 @@ async def test_core_transaction_commits_or_rolls_back(db: Database) -> None:
     assert seen == [1]
 
 
+async def test_cancelled_core_transaction_leaves_nothing_and_no_lock(db: Database) -> None:
+    started = asyncio.Event()
+
+    async def writer() -> None:
+        async with db.core_transaction() as tx:
+            await tx.execute(things.insert().values(name="cancelled"))
+            started.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(writer())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(5):  # the write lock went with the rollback
+        async with db.transaction() as session:
+            session.add(Thing(name="after"))
+    assert await names(db) == ["after"]
+
+
 async def test_core_transaction_enforces_foreign_keys(database_url: str) -> None:
     db = Database.from_url(database_url)
     md = _sqlite_foreign_keys_enforced_schema()

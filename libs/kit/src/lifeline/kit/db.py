@@ -270,16 +270,13 @@ class Database:
             try:
                 yield tx
                 await tx._flush()
+                async with self._commit_order:
+                    direct.commit()
+                    self._committed(tx.info)
             except BaseException:
+                # Also when cancelled while queueing for the commit: never leave the write lock held.
                 direct.rollback()
                 raise
-            async with self._commit_order:
-                try:
-                    direct.commit()
-                except BaseException:
-                    direct.rollback()
-                    raise
-                self._committed(tx.info)
 
     async def _direct_connection(self) -> Connection:
         if self._direct is None:
@@ -324,7 +321,11 @@ class Database:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.01)
-        direct.begin()  # SQLAlchemy's bookkeeping; pysqlite's begin emits nothing
+        try:
+            direct.begin()  # SQLAlchemy's bookkeeping; pysqlite's begin emits nothing
+        except BaseException:
+            raw.rollback()
+            raise
 
     def _committed(self, info: dict[Any, Any]) -> None:
         for listener in list(self._commit_listeners):

@@ -298,6 +298,8 @@ class OutboxRelay:
         # _stop_requested is not cleared here: a stop() that came before this task got to run must
         # still stop it (it is cleared on the way out, so the relay can be run again).
         self._stopped.clear()
+        # Commits made while no relay listened were not handed to anyone: read the table first.
+        self._fall_back()
         remove_listener = self._db.add_commit_listener(self._on_commit)
         try:
             while not self._stop_requested.is_set():
