@@ -12,8 +12,10 @@ the table publishes them as they come instead of reading them back (a read trans
 commit and publish). Any doubt (a publish or database error, a bulk ``enqueue_many``, a quiet poll
 interval, too many handed at once) sends it back to reading the table in order, which is what finds
 what a crash or an outage left unsent. The commits reach it in commit order (``kit.db``), so the order
-is kept. On PostgreSQL, replicas of a service write to one outbox and only reading it in order under
-the relay lock keeps their events in order, so the hand-off is off there by default.
+is kept within the process. Across processes it is not: on PostgreSQL, replicas of a service write to
+one outbox and only reading it in order under the relay lock keeps their events in order, so the hand-off
+is off there by default; pass ``handoff=False`` too if several processes write events of the same
+aggregate to one SQLite file.
 """
 
 from __future__ import annotations
