@@ -144,6 +144,126 @@ async def test_commit_listeners_run_only_after_commit(db: Database) -> None:
     assert seen == [1]
 
 
+# -- core transactions ---------------------------------------------------------------------------------
+
+
+async def test_core_transaction_commits_or_rolls_back(db: Database) -> None:
+    seen: list[object] = []
+    remove = db.add_commit_listener(lambda info: seen.append(info.get("mark")))
+    try:
+        async with db.core_transaction() as tx:
+            await tx.execute(things.insert(), [{"name": "core"}, {"name": "many"}])
+            await tx.execute("INSERT INTO things (name) VALUES (:name)", {"name": "plain"})
+            tx.insert_at_commit(things, {"name": "deferred"})
+            # Reads see the transaction's own writes (the deferred row only comes with the commit).
+            assert (await tx.execute(sa.select(sa.func.count()).select_from(things))).scalar() == 3
+            tx.info["mark"] = 1
+        with pytest.raises(RuntimeError):
+            async with db.core_transaction() as tx:
+                await tx.execute(things.insert().values(name="lost"))
+                tx.insert_at_commit(things, {"name": "lost too"})
+                tx.info["mark"] = 2
+                raise RuntimeError
+        # A statement that fails rolls back what came before it in the transaction.
+        with pytest.raises(sa.exc.IntegrityError):
+            async with db.core_transaction() as tx:
+                await tx.execute(things.insert().values(name="before"))
+                await tx.execute(things.insert().values(name="core"))
+    finally:
+        remove()
+    assert await names(db) == ["core", "deferred", "many", "plain"]
+    assert seen == [1]
+
+
+async def test_cancelled_core_transaction_leaves_nothing_and_no_lock(db: Database) -> None:
+    started = asyncio.Event()
+
+    async def writer() -> None:
+        async with db.core_transaction() as tx:
+            await tx.execute(things.insert().values(name="cancelled"))
+            started.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(writer())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(5):  # the write lock went with the rollback
+        async with db.transaction() as session:
+            session.add(Thing(name="after"))
+    assert await names(db) == ["after"]
+
+
+async def test_core_transaction_enforces_foreign_keys(database_url: str) -> None:
+    db = Database.from_url(database_url)
+    md = _sqlite_foreign_keys_enforced_schema()
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(md.create_all)
+        with pytest.raises(sa.exc.IntegrityError):
+            async with db.core_transaction() as tx:
+                await tx.execute(md.tables["child"].insert().values(id=1, pid=42))
+    finally:
+        await db.dispose()
+
+
+async def test_core_transaction_waits_for_the_write_lock_without_blocking_the_loop(sqlite_url: str) -> None:
+    db = Database.from_url(sqlite_url)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(_Base.metadata.create_all)
+        ticks = 0
+        async with db.transaction() as session:
+            session.add(Thing(name="first"))
+            await session.flush()  # holds SQLite's write lock from here to its commit
+
+            async def core_writer() -> None:
+                async with db.core_transaction() as tx:
+                    await tx.execute(things.insert().values(name="second"))
+
+            writer = asyncio.create_task(core_writer())
+            for _ in range(10):
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert not writer.done()  # still waiting for the lock, and the loop kept running meanwhile
+        await asyncio.wait_for(writer, 5)
+        assert ticks == 10
+        assert await names(db) == ["first", "second"]
+    finally:
+        await db.dispose()
+
+
+async def test_sqlite_commit_listeners_see_commits_in_commit_order(sqlite_url: str) -> None:
+    # Sessions commit in aiosqlite's threads, core transactions in the loop's: the listeners (the
+    # outbox relay's hand-off) must still hear of the commits in the order they happened.
+    db = Database.from_url(sqlite_url)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(_Base.metadata.create_all)
+        heard: list[str] = []
+        db.add_commit_listener(lambda info: heard.extend(info.get("names", [])))
+
+        async def write(i: int) -> None:
+            name = f"t{i:03d}"
+            if i % 2:
+                async with db.core_transaction() as tx:
+                    await tx.execute(things.insert().values(name=name))
+                    tx.info["names"] = [name]
+            else:
+                async with db.transaction() as session:
+                    session.add(Thing(name=name))
+                    session.info["names"] = [name]
+
+        await asyncio.gather(*(write(i) for i in range(60)))
+        async with db.engine.connect() as conn:
+            committed = list((await conn.scalars(sa.select(Thing.name).order_by(Thing.id))).all())
+        assert sorted(heard) == sorted(committed) and len(heard) == 60
+        assert heard == committed  # ids are handed out under the write lock, so in commit order
+    finally:
+        await db.dispose()
+
+
 async def test_dialect_and_ping(db: Database, database_url: str) -> None:
     assert db.dialect == ("postgresql" if database_url.startswith("postgresql") else "sqlite")
     assert await db.ping()

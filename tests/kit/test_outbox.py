@@ -408,3 +408,86 @@ async def test_relay_yields_to_the_replica_holding_the_lock(postgres_url: str, t
         assert len(recorder.calls) == 3
     finally:
         await db.dispose()
+
+
+# -- hand-off: a relay that has caught up publishes what the commits hand it -----------------------
+
+
+async def test_handed_events_are_published_once_in_commit_order(sqlite_url: str, tmp_path: Path) -> None:
+    db = await migrated(sqlite_url, tmp_path)
+    recorder = Recorder()
+    relay = OutboxRelay(db, recorder, poll_interval=60)
+    try:
+        before = await enqueue_many(db, "events.test.before", 3)  # unsent when the relay starts: read back
+        task = asyncio.create_task(relay.run())
+
+        async def write(i: int) -> str:
+            # Sessions (aiosqlite's threads) and core transactions (the loop's thread) commit interleaved.
+            if i % 2:
+                async with db.core_transaction() as tx:
+                    return enqueue(tx, subject="events.test.handed", payload=f"core {i}".encode())
+            async with db.transaction() as session:
+                return enqueue(session, subject="events.test.handed", payload=f"session {i}".encode())
+
+        for _ in range(3):
+            await asyncio.gather(*(write(i) for i in range(20)))
+            await asyncio.sleep(0.02)
+
+        async def drained() -> bool:
+            return await relay.depth() == 0
+
+        await wait_until(drained, 10, "the relay to publish every event")
+        await relay.stop()
+        await task
+    finally:
+        await db.dispose()
+    db = Database.from_url(sqlite_url)
+    try:
+        rows = await outbox_rows(db)
+    finally:
+        await db.dispose()
+    assert len(rows) == 63 and [r.id for r in rows[:3]] == before
+    assert recorder.ids == [r.id for r in rows]  # in commit order, each once
+    assert all(r.sent_at is not None and r.attempts == 1 and r.last_error is None for r in rows)
+
+
+async def test_handed_event_that_fails_to_publish_is_retried_from_the_table_in_order(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    db = await migrated(sqlite_url, tmp_path)
+    failing: set[str] = set()
+    recorder = Recorder(fail=lambda msg_id: msg_id in failing)
+    relay = OutboxRelay(db, recorder, poll_interval=60, backoff_initial=0.05, backoff_max=0.1)
+    task = asyncio.create_task(relay.run())
+    try:
+        first = await enqueue_many(db, "events.test.first", 2)
+
+        async def published_first() -> bool:
+            return recorder.ids == first
+
+        await wait_until(published_first, 5, "the first events")
+        failing.add("second-1")
+        async with db.core_transaction() as tx:
+            second = [enqueue(tx, subject="events.test.second", payload=b"x", event_id=f"second-{i}") for i in range(3)]
+
+        async def failed_once() -> bool:
+            return relay.consecutive_failures > 0
+
+        await wait_until(failed_once, 5, "the publish to fail")
+        third = await enqueue_many(db, "events.test.third", 2)  # committed during the back-off
+        failing.clear()
+
+        async def drained() -> bool:
+            return await relay.depth() == 0
+
+        await wait_until(drained, 5, "the relay to recover")
+        rows = await outbox_rows(db)
+    finally:
+        await relay.stop()
+        await task
+        await db.dispose()
+    assert recorder.ids == first + second + third
+    attempts = {r.id: r.attempts for r in rows}
+    # The failed one was tried again (from the table) until it went; none after it went before it.
+    assert attempts["second-1"] >= 2 and attempts["second-0"] == 1 and attempts["second-2"] == 1
+    assert all(r.sent_at is not None for r in rows)

@@ -1,11 +1,21 @@
 """The transactional outbox: events are rows written in the business transaction, published afterwards.
 
-A service calls ``enqueue(session, ...)`` inside the transaction that changes its state, so the event
-exists if and only if the change committed. ``OutboxRelay`` publishes unsent rows to JetStream in
-insertion order with ``Nats-Msg-Id`` = event id, marks them sent, and retries with capped exponential
-back-off while NATS is unreachable. A crash between publish and mark re-publishes the event;
-JetStream's msg-id duplicate window and idempotent consumers absorb that, so nothing is lost and
-nothing is applied twice.
+A service calls ``enqueue(session, ...)`` (or ``enqueue(tx, ...)`` in a ``Database.core_transaction()``)
+inside the transaction that changes its state, so the event exists if and only if the change committed.
+``OutboxRelay`` publishes unsent rows to JetStream in insertion order with ``Nats-Msg-Id`` = event id,
+marks them sent, and retries with capped exponential back-off while NATS is unreachable. A crash between
+publish and mark re-publishes the event; JetStream's msg-id duplicate window and idempotent consumers
+absorb that, so nothing is lost and nothing is applied twice.
+
+Hand-off (SQLite): the commit hands the relay the events it wrote, and a relay that has caught up with
+the table publishes them as they come instead of reading them back (a read transaction less between
+commit and publish). Any doubt (a publish or database error, a bulk ``enqueue_many``, a quiet poll
+interval, too many handed at once) sends it back to reading the table in order, which is what finds
+what a crash or an outage left unsent. The commits reach it in commit order (``kit.db``), so the order
+is kept within the process. Across processes it is not: on PostgreSQL, replicas of a service write to
+one outbox and only reading it in order under the relay lock keeps their events in order, so the hand-off
+is off there by default; pass ``handoff=False`` too if several processes write events of the same
+aggregate to one SQLite file.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import re
 import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +40,7 @@ from opentelemetry.propagate import extract, inject
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from lifeline.kit.db import Database
+from lifeline.kit.db import CoreTransaction, Database
 
 if TYPE_CHECKING:
     from alembic.operations import Operations
@@ -50,8 +61,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OUTBOX_TABLE = "outbox"
-# session.info flag set by enqueue(); Database.transaction() hands session.info to commit listeners,
-# which is how a relay learns right after the commit that there is something to publish.
+# Transaction info key set by enqueue(); the commit listeners get the transaction's info, which is how a
+# relay learns right after the commit that there is something to publish: the list of events written
+# (handed over), or True when they are to be read back from the table (enqueue_many's bulk writes).
 OUTBOX_PENDING_KEY = "lifeline.outbox.pending"
 # PostgreSQL advisory lock held by the one relay replica that publishes at a time (see _claim_pg).
 _RELAY_LOCK_KEY = zlib.crc32(b"lifeline.kit.outbox.relay")
@@ -137,27 +149,39 @@ def drop_outbox_table(op: Operations) -> None:
 
 
 def enqueue(
-    session: AsyncSession,
+    session: AsyncSession | CoreTransaction,
     *,
     subject: str,
     payload: bytes | Message,
     event_id: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> str:
-    """Add an event to the outbox in the caller's transaction (no commit) and return its event id."""
+    """Add an event to the outbox in the caller's transaction (written with its commit); return the event id."""
     values = _event_values(subject, payload, event_id, headers, datetime.now(UTC))
-    session.add(OutboxEvent(**values))
-    session.info[OUTBOX_PENDING_KEY] = True
+    if isinstance(session, CoreTransaction):
+        session.insert_at_commit(outbox_table, values)
+    else:
+        session.add(OutboxEvent(**values))
+    handed = session.info.get(OUTBOX_PENDING_KEY)
+    if handed is not True:
+        row = _Row(seq=0, id=values["id"], subject=subject, payload=values["payload"], headers=values["headers"])
+        session.info.setdefault(OUTBOX_PENDING_KEY, []).append(row)
     return str(values["id"])
 
 
-async def enqueue_many(session: AsyncSession, events: Sequence[tuple[str, bytes | Message, str | None]]) -> None:
+async def enqueue_many(
+    session: AsyncSession | CoreTransaction, events: Sequence[tuple[str, bytes | Message, str | None]]
+) -> None:
     """``enqueue`` for many ``(subject, payload, event_id)`` at once: one multi-row insert (bulk writes)."""
     if not events:
         return
     now = datetime.now(UTC)
     rows = [_event_values(subject, payload, event_id, None, now) for subject, payload, event_id in events]
-    await (await session.connection()).execute(sa.insert(outbox_table), rows)
+    if isinstance(session, CoreTransaction):
+        await session.execute(sa.insert(outbox_table), rows)
+    else:
+        await (await session.connection()).execute(sa.insert(outbox_table), rows)
+    # Not handed over (a bulk write may be thousands of events): the relay reads them back in order.
     session.info[OUTBOX_PENDING_KEY] = True
 
 
@@ -214,6 +238,7 @@ class OutboxRelay:
         publish_timeout: float = 10.0,
         retention: timedelta | None = timedelta(days=7),
         purge_interval: float = 3600.0,
+        handoff: bool | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -231,6 +256,14 @@ class OutboxRelay:
         self._stopped = asyncio.Event()
         self._running = False
         self._last_purge = 0.0
+        # None: on for SQLite only (see the module's docstring).
+        self._handoff = db.dialect == "sqlite" if handoff is None else handoff
+        self._handed: deque[_Row] = deque()
+        # True once a read found the table drained: from then on, what commits is handed over.
+        self._caught_up = False
+        # Ids a read published lately: the same events may also have been handed (committed as it read).
+        self._read_ids: deque[str] = deque(maxlen=10 * batch_size)
+        self._read_id_set: set[str] = set()
         self.published_total = 0
         self.consecutive_failures = 0
         self.last_error: str | None = None
@@ -245,8 +278,19 @@ class OutboxRelay:
         self._wake.set()
 
     def _on_commit(self, info: dict[Any, Any]) -> None:
-        if info.get(OUTBOX_PENDING_KEY):
-            self.notify()
+        pending = info.get(OUTBOX_PENDING_KEY)
+        if not pending:
+            return
+        if pending is True or not self._handoff or len(self._handed) > 10 * self._batch_size:
+            self._fall_back()
+        else:
+            self._handed.extend(pending)
+        self.notify()
+
+    def _fall_back(self) -> None:
+        """Read the table in order again (what is handed meanwhile is in it too)."""
+        self._caught_up = False
+        self._handed.clear()
 
     async def run(self) -> None:
         """Relay until ``stop()``; publish errors and database errors are retried, never raised."""
@@ -256,25 +300,34 @@ class OutboxRelay:
         # _stop_requested is not cleared here: a stop() that came before this task got to run must
         # still stop it (it is cleared on the way out, so the relay can be run again).
         self._stopped.clear()
+        # Commits made while no relay listened were not handed to anyone: read the table first.
+        self._fall_back()
         remove_listener = self._db.add_commit_listener(self._on_commit)
         try:
             while not self._stop_requested.is_set():
                 # Cleared before reading, so a notify() that lands during the batch is not lost.
                 self._wake.clear()
                 try:
-                    result = await self._relay_batch()
+                    if self._caught_up:
+                        result = await self._relay_handed()
+                    else:
+                        result = await self._relay_batch()
                 except Exception as exc:  # the database itself is unavailable: back off like NATS
+                    self._fall_back()
                     self._note_failure(f"database: {type(exc).__name__}: {exc}")
                     log.warning("outbox relay cannot read the outbox: %s", exc)
                     await self._sleep(self._backoff_delay(), wakeable=False)
                     continue
                 if result.failure is not None:
+                    self._fall_back()
                     await self._sleep(self._backoff_delay(), wakeable=False)
                     continue
                 await self._purge_if_due()
-                if result.fetched >= self._batch_size:
+                if result.fetched >= self._batch_size or (self._caught_up and self._handed):
                     continue  # more may be waiting
-                await self._sleep(self._poll_interval, wakeable=True)
+                if not await self._sleep(self._poll_interval, wakeable=True):
+                    # A quiet interval: read the table (another process may have written to it).
+                    self._fall_back()
         finally:
             remove_listener()
             self._running = False
@@ -323,13 +376,15 @@ class OutboxRelay:
         self.consecutive_failures += 1
         self.last_error = error
 
-    async def _sleep(self, delay: float, *, wakeable: bool) -> None:
+    async def _sleep(self, delay: float, *, wakeable: bool) -> bool:
+        """Sleep until ``delay`` passed (False) or the event is set (True)."""
         event = self._wake if wakeable else self._stop_requested
         try:
             async with asyncio.timeout(delay):
                 await event.wait()
         except TimeoutError:
-            pass
+            return False
+        return True
 
     async def _purge_if_due(self) -> None:
         if self._retention is None:
@@ -356,10 +411,39 @@ class OutboxRelay:
         )
 
     async def _relay_batch(self) -> _BatchResult:
+        # Handed events committed before this read are in it; those committed after are handed again.
+        self._handed.clear()
         if self._db.dialect == "postgresql":
             result = await self._relay_batch_pg()
         else:
             result = await self._relay_batch_sqlite()
+        if self._handoff and result.failure is None and result.fetched < self._batch_size:
+            self._caught_up = True
+        return self._account(result)
+
+    async def _relay_handed(self) -> _BatchResult:
+        rows: list[_Row] = []
+        while self._handed and len(rows) < self._batch_size:
+            row = self._handed.popleft()
+            if row.id not in self._read_id_set:
+                rows.append(row)
+        if not rows:
+            return _BatchResult(0, 0, None)
+        published, failure = await self._publish_rows(rows)
+        async with self._db.core_transaction() as tx:
+            await _record(tx, [r.id for r in published], failure, by_id=True)
+        return self._account(_BatchResult(len(rows), len(published), failure))
+
+    def _note_read(self, published: Sequence[_Row]) -> None:
+        if not self._handoff:
+            return
+        for row in published:
+            if len(self._read_ids) == self._read_ids.maxlen:
+                self._read_id_set.discard(self._read_ids[0])
+            self._read_ids.append(row.id)
+            self._read_id_set.add(row.id)
+
+    def _account(self, result: _BatchResult) -> _BatchResult:
         self.published_total += result.published
         if result.failure is not None:
             failure = result.failure
@@ -391,7 +475,8 @@ class OutboxRelay:
             # never published twice concurrently, and we never wait on them.
             rows = _rows(await conn.execute(self._select_unsent().with_for_update(skip_locked=True)))
             published, failure = await self._publish_rows(rows)
-            await _record(conn, published, failure)
+            await _record(conn, [r.seq for r in published], failure)
+        self._note_read(published)
         return _BatchResult(len(rows), len(published), failure)
 
     async def _relay_batch_sqlite(self) -> _BatchResult:
@@ -402,12 +487,13 @@ class OutboxRelay:
         if not rows:
             return _BatchResult(0, 0, None)
         published, failure = await self._publish_rows(rows)
-        async with self._db.transaction() as session:
-            await _record(await session.connection(), published, failure)
+        self._note_read(published)
+        async with self._db.core_transaction() as tx:
+            await _record(tx, [r.seq for r in published], failure)
         return _BatchResult(len(rows), len(published), failure)
 
-    async def _publish_rows(self, rows: Sequence[_Row]) -> tuple[list[int], _Failure | None]:
-        published: list[int] = []
+    async def _publish_rows(self, rows: Sequence[_Row]) -> tuple[list[_Row], _Failure | None]:
+        published: list[_Row] = []
         for row in rows:
             # Publish inside the trace context captured at enqueue: a bus that injects the current
             # context (and opens a producer span) then continues the request's trace, not a new one.
@@ -420,7 +506,7 @@ class OutboxRelay:
                 return published, _Failure(row.seq, row.id, f"{type(exc).__name__}: {exc}")
             finally:
                 otel_context.detach(token)
-            published.append(row.seq)
+            published.append(row)
         return published, None
 
 
@@ -431,17 +517,25 @@ def _rows(result: sa.Result[Any]) -> list[_Row]:
     ]
 
 
-async def _record(conn: AsyncConnection, published: list[int], failure: _Failure | None) -> None:
+async def _record(
+    conn: AsyncConnection | CoreTransaction,
+    published: Sequence[int] | Sequence[str],
+    failure: _Failure | None,
+    *,
+    by_id: bool = False,
+) -> None:
+    """Mark the published events sent and count the failed attempt (by seq, or by event id if handed)."""
     t = outbox_table
+    key = t.c.id if by_id else t.c.seq
     if published:
         await conn.execute(
             sa.update(t)
-            .where(t.c.seq.in_(published))
+            .where(key.in_(published))
             .values(sent_at=datetime.now(UTC), attempts=t.c.attempts + 1, last_error=None)
         )
     if failure is not None:
         await conn.execute(
             sa.update(t)
-            .where(t.c.seq == failure.seq)
+            .where(key == (failure.event_id if by_id else failure.seq))
             .values(attempts=t.c.attempts + 1, last_error=failure.error[:_LAST_ERROR_MAX])
         )

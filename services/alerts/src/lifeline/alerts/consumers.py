@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 
 from nats.aio.msg import Msg
@@ -25,6 +26,18 @@ STATUS_SUBJECT = "events.ingest.sensor_status.>"
 ASSETS_SUBJECT = "events.assets.>"
 
 
+def freeze_heap() -> None:
+    """Exempt what start-up built (modules, the census, the engine's state) from garbage collection.
+
+    A full collection walks every tracked object: with 10,000 sensors that is ~0.2 s on a slow core
+    (more on a busy one) in which no reading is evaluated, and it came back every few seconds under
+    load as the p99 latency. Frozen objects are still freed by reference counting; only cycles among
+    them would never be collected, and start-up state lives for the whole process anyway."""
+    gc.collect()
+    gc.freeze()
+    log.info("heap frozen after start-up: %d objects exempt from collection", gc.get_freeze_count())
+
+
 class CensusGate:
     """Holds readings back at start until the census consumer has caught up (and the snapshot is in).
 
@@ -37,6 +50,7 @@ class CensusGate:
         self.census = census
         self.snapshot = snapshot
         self.timeout = timeout
+        self.freeze_within = 300.0
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -48,14 +62,25 @@ class CensusGate:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
+        caught_up = False
         while loop.time() < deadline:
-            with contextlib.suppress(Exception):  # the durable does not exist until its first pull
-                if await self.census.pending() == 0 and (self.snapshot is None or self.snapshot.ready):
-                    break
+            if caught_up := await self._caught_up():
+                break
             await asyncio.sleep(0.05)
         else:
             log.warning("census not caught up after %.0f s; evaluating readings anyway", self.timeout)
         self.ready.set()
+        # Keep watching (readings flow meanwhile) so that the heap is frozen with the whole census in it.
+        deadline = loop.time() + self.freeze_within
+        while not caught_up and loop.time() < deadline:
+            await asyncio.sleep(0.5)
+            caught_up = await self._caught_up()
+        freeze_heap()
+
+    async def _caught_up(self) -> bool:
+        with contextlib.suppress(Exception):  # the durable does not exist until its first pull
+            return await self.census.pending() == 0 and (self.snapshot is None or self.snapshot.ready)
+        return False
 
     async def stop(self) -> None:
         self.ready.set()

@@ -10,11 +10,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lifeline.kit.db import CoreTransaction
+
 from . import models as m
 
+# Every query runs in a session's transaction (requests) or a core transaction (evaluation's hot path).
+Tx = AsyncSession | CoreTransaction
 
-async def _conn(session: AsyncSession) -> Any:
-    return await session.connection()
+
+async def _conn(session: Tx) -> Any:
+    return session if isinstance(session, CoreTransaction) else await session.connection()
 
 
 # --- census copy -----------------------------------------------------------------------------------
@@ -28,7 +33,7 @@ CTX = {
 }
 
 
-async def upsert_ctx(*, session: AsyncSession, entity: str, rows: Sequence[tuple[str, int, Any]]) -> set[str]:
+async def upsert_ctx(*, session: Tx, entity: str, rows: Sequence[tuple[str, int, Any]]) -> set[str]:
     """Keep the newer versions of census entities ((key, version, doc), one per key); returns the keys
     stored. One stored as new or newer is left as it is (a redelivery, or another writer got there first)."""
     if not rows:
@@ -47,12 +52,12 @@ async def upsert_ctx(*, session: AsyncSession, entity: str, rows: Sequence[tuple
     return set((await conn.execute(stmt, values)).scalars())
 
 
-async def all_ctx(*, session: AsyncSession, entity: str) -> list[dict[str, Any]]:
+async def all_ctx(*, session: Tx, entity: str) -> list[dict[str, Any]]:
     table, _ = CTX[entity]
     return [dict(r.doc) for r in (await (await _conn(session)).execute(select(table.c.doc))).all()]
 
 
-async def get_ctx(*, session: AsyncSession, entity: str, key: str) -> dict[str, Any] | None:
+async def get_ctx(*, session: Tx, entity: str, key: str) -> dict[str, Any] | None:
     table, key_col = CTX[entity]
     doc = (await (await _conn(session)).execute(select(table.c.doc).where(table.c[key_col] == key))).scalar()
     return dict(doc) if doc is not None else None
@@ -61,11 +66,11 @@ async def get_ctx(*, session: AsyncSession, entity: str, key: str) -> dict[str, 
 # --- rule states -----------------------------------------------------------------------------------
 
 
-async def all_states(*, session: AsyncSession) -> list[Row[Any]]:
+async def all_states(*, session: Tx) -> list[Row[Any]]:
     return list((await (await _conn(session)).execute(select(m.rule_states))).all())
 
 
-async def save_states(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+async def save_states(*, session: Tx, rows: Sequence[dict[str, Any]]) -> None:
     """Replace the given states (delete + insert: portable, and the rows are few per batch)."""
     if not rows:
         return
@@ -75,7 +80,7 @@ async def save_states(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) 
     await conn.execute(insert(m.rule_states), list(rows))
 
 
-async def delete_states(*, session: AsyncSession, subjects: Iterable[str]) -> None:
+async def delete_states(*, session: Tx, subjects: Iterable[str]) -> None:
     """Forget the rule states of these subjects (sensors or facilities assets retired)."""
     await (await _conn(session)).execute(delete(m.rule_states).where(m.rule_states.c.subject.in_(list(subjects))))
 
@@ -83,23 +88,25 @@ async def delete_states(*, session: AsyncSession, subjects: Iterable[str]) -> No
 # --- alerts ----------------------------------------------------------------------------------------
 
 
-async def get_alert(*, session: AsyncSession, alert_id: str) -> Row[Any] | None:
+async def get_alert(*, session: Tx, alert_id: str) -> Row[Any] | None:
     return (await (await _conn(session)).execute(select(m.alerts).where(m.alerts.c.id == alert_id))).first()
 
 
-async def open_incident(*, session: AsyncSession, facility_code: str) -> str | None:
+async def open_incident(*, session: Tx, facility_code: str) -> str | None:
     """The incident of an open alert on the facility, if any."""
     c = m.alerts.c
     stmt = select(c.incident_id).where(c.facility_code == facility_code, c.is_open).limit(1)
     return (await (await _conn(session)).execute(stmt)).scalar()
 
 
-async def insert_alert(*, session: AsyncSession, values: dict[str, Any]) -> None:
-    await (await _conn(session)).execute(insert(m.alerts).values(**values))
+async def insert_alert(*, session: Tx, values: dict[str, Any]) -> None:
+    # Values as parameters, not in the statement: the statement stays one cached compilation, whereas
+    # .values(**values) builds (and cache-keys) a new statement of 30-odd bound literals every time.
+    await (await _conn(session)).execute(insert(m.alerts), values)
 
 
 async def update_alert(
-    *, session: AsyncSession, alert_id: str, values: dict[str, Any], expected_version: int | None = None
+    *, session: Tx, alert_id: str, values: dict[str, Any], expected_version: int | None = None
 ) -> bool:
     c = m.alerts.c
     conds = [c.id == alert_id]
@@ -110,7 +117,7 @@ async def update_alert(
 
 
 async def add_breaches(
-    *, session: AsyncSession, alert_id: str, count: int, last: float, peak: float, higher_is_worse: bool, at_ms: int
+    *, session: Tx, alert_id: str, count: int, last: float, peak: float, higher_is_worse: bool, at_ms: int
 ) -> None:
     """Count repeated breaches of an open alert; keep the last value and the worst one."""
     c = m.alerts.c
@@ -128,7 +135,7 @@ async def add_breaches(
 
 
 async def open_alerts(
-    *, session: AsyncSession, facility_codes: Iterable[str] | None = None, quantities: Iterable[str] | None = None
+    *, session: Tx, facility_codes: Iterable[str] | None = None, quantities: Iterable[str] | None = None
 ) -> list[Row[Any]]:
     """Open alerts, optionally only on these facilities and of these quantities."""
     c = m.alerts.c
@@ -140,59 +147,57 @@ async def open_alerts(
     return list((await (await _conn(session)).execute(select(m.alerts).where(*conds))).all())
 
 
-async def open_alerts_of(
-    *, session: AsyncSession, sensor_ids: Iterable[str], facility_codes: Iterable[str]
-) -> list[Row[Any]]:
+async def open_alerts_of(*, session: Tx, sensor_ids: Iterable[str], facility_codes: Iterable[str]) -> list[Row[Any]]:
     """Open alerts of any of these sensors or on any of these facilities."""
     c = m.alerts.c
     of = or_(c.sensor_id.in_(list(sensor_ids)), c.facility_code.in_(list(facility_codes)))
     return list((await (await _conn(session)).execute(select(m.alerts).where(c.is_open, of))).all())
 
 
-async def alerts_by_ids(*, session: AsyncSession, ids: Iterable[str]) -> list[Row[Any]]:
+async def alerts_by_ids(*, session: Tx, ids: Iterable[str]) -> list[Row[Any]]:
     return list((await (await _conn(session)).execute(select(m.alerts).where(m.alerts.c.id.in_(list(ids))))).all())
 
 
 # --- suppressions ----------------------------------------------------------------------------------
 
 
-async def suppressions(*, session: AsyncSession, alert_ids: Iterable[str]) -> list[Row[Any]]:
+async def suppressions(*, session: Tx, alert_ids: Iterable[str]) -> list[Row[Any]]:
     c = m.alert_suppressions.c
     stmt = select(m.alert_suppressions).where(c.alert_id.in_(list(alert_ids))).order_by(c.since_ms, c.source_id)
     return list((await (await _conn(session)).execute(stmt)).all())
 
 
-async def suppressed_by(*, session: AsyncSession, source_ids: Iterable[str]) -> list[str]:
+async def suppressed_by(*, session: Tx, source_ids: Iterable[str]) -> list[str]:
     """Ids of the alerts these silences or inhibiting alerts hold suppressed."""
     c = m.alert_suppressions.c
     stmt = select(c.alert_id).where(c.source_id.in_(list(source_ids))).distinct()
     return list((await (await _conn(session)).execute(stmt)).scalars().all())
 
 
-async def suppression_sources(*, session: AsyncSession, source: str) -> set[str]:
+async def suppression_sources(*, session: Tx, source: str) -> set[str]:
     """Ids of the silences (or inhibiting alerts) that hold at least one alert suppressed."""
     c = m.alert_suppressions.c
     stmt = select(c.source_id).where(c.source == source).distinct()
     return set((await (await _conn(session)).execute(stmt)).scalars().all())
 
 
-async def add_suppressions(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+async def add_suppressions(*, session: Tx, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         await (await _conn(session)).execute(insert(m.alert_suppressions), list(rows))
 
 
-async def remove_suppression(*, session: AsyncSession, alert_id: str, source: str, source_id: str) -> None:
+async def remove_suppression(*, session: Tx, alert_id: str, source: str, source_id: str) -> None:
     c = m.alert_suppressions.c
     await (await _conn(session)).execute(
         delete(m.alert_suppressions).where(c.alert_id == alert_id, c.source == source, c.source_id == source_id)
     )
 
 
-async def insert_history(*, session: AsyncSession, values: dict[str, Any]) -> None:
-    await (await _conn(session)).execute(insert(m.alert_history).values(**values))
+async def insert_history(*, session: Tx, values: dict[str, Any]) -> None:
+    await (await _conn(session)).execute(insert(m.alert_history), values)
 
 
-async def history(*, session: AsyncSession, alert_id: str) -> list[Row[Any]]:
+async def history(*, session: Tx, alert_id: str) -> list[Row[Any]]:
     c = m.alert_history.c
     stmt = select(m.alert_history).where(c.alert_id == alert_id).order_by(c.seq)
     return list((await (await _conn(session)).execute(stmt)).all())
@@ -200,7 +205,7 @@ async def history(*, session: AsyncSession, alert_id: str) -> list[Row[Any]]:
 
 async def list_alerts(
     *,
-    session: AsyncSession,
+    session: Tx,
     region_prefixes: list[str],
     equals: dict[str, Any],
     include_closed: bool,
@@ -228,7 +233,7 @@ async def list_alerts(
     return list((await (await _conn(session)).execute(stmt)).all())
 
 
-async def due_alerts(*, session: AsyncSession, now_ms: int, limit: int = 500) -> list[Row[Any]]:
+async def due_alerts(*, session: Tx, now_ms: int, limit: int = 500) -> list[Row[Any]]:
     """Open alerts whose current step is past its time limit and not yet marked overdue."""
     c = m.alerts.c
     stmt = select(m.alerts).where(c.due_ms <= now_ms, c.is_open, ~c.overdue).order_by(c.due_ms).limit(limit)
@@ -238,15 +243,15 @@ async def due_alerts(*, session: AsyncSession, now_ms: int, limit: int = 500) ->
 # --- rules, silences, baselines ------------------------------------------------------------------
 
 
-async def get_rule(*, session: AsyncSession, rule_id: str) -> Row[Any] | None:
+async def get_rule(*, session: Tx, rule_id: str) -> Row[Any] | None:
     return (await (await _conn(session)).execute(select(m.rules).where(m.rules.c.id == rule_id))).first()
 
 
-async def live_rules(*, session: AsyncSession) -> list[Row[Any]]:
+async def live_rules(*, session: Tx) -> list[Row[Any]]:
     return list((await (await _conn(session)).execute(select(m.rules).where(~m.rules.c.deleted))).all())
 
 
-async def save_rule(*, session: AsyncSession, values: dict[str, Any], expected_version: int | None) -> bool:
+async def save_rule(*, session: Tx, values: dict[str, Any], expected_version: int | None) -> bool:
     conn = await _conn(session)
     if expected_version is None:
         await conn.execute(insert(m.rules).values(**values))
@@ -258,31 +263,31 @@ async def save_rule(*, session: AsyncSession, values: dict[str, Any], expected_v
     return bool(res.rowcount)
 
 
-async def insert_rule_history(*, session: AsyncSession, values: dict[str, Any]) -> None:
+async def insert_rule_history(*, session: Tx, values: dict[str, Any]) -> None:
     await (await _conn(session)).execute(insert(m.rule_history).values(**values))
 
 
-async def rule_history(*, session: AsyncSession, rule_id: str) -> list[Row[Any]]:
+async def rule_history(*, session: Tx, rule_id: str) -> list[Row[Any]]:
     c = m.rule_history.c
     stmt = select(m.rule_history).where(c.rule_id == rule_id).order_by(c.version)
     return list((await (await _conn(session)).execute(stmt)).all())
 
 
-async def insert_silence(*, session: AsyncSession, values: dict[str, Any]) -> None:
+async def insert_silence(*, session: Tx, values: dict[str, Any]) -> None:
     await (await _conn(session)).execute(insert(m.silences).values(**values))
 
 
-async def get_silence(*, session: AsyncSession, silence_id: str) -> Row[Any] | None:
+async def get_silence(*, session: Tx, silence_id: str) -> Row[Any] | None:
     return (await (await _conn(session)).execute(select(m.silences).where(m.silences.c.id == silence_id))).first()
 
 
-async def end_silence(*, session: AsyncSession, silence_id: str, ends_ms: int) -> None:
+async def end_silence(*, session: Tx, silence_id: str, ends_ms: int) -> None:
     await (await _conn(session)).execute(
         update(m.silences).where(m.silences.c.id == silence_id).values(ends_ms=ends_ms)
     )
 
 
-async def silences(*, session: AsyncSession, active_at: int | None = None) -> list[Row[Any]]:
+async def silences(*, session: Tx, active_at: int | None = None) -> list[Row[Any]]:
     c = m.silences.c
     stmt = select(m.silences).order_by(c.created_ms.desc(), c.id)
     if active_at is not None:
@@ -290,13 +295,13 @@ async def silences(*, session: AsyncSession, active_at: int | None = None) -> li
     return list((await (await _conn(session)).execute(stmt)).all())
 
 
-async def baseline_hours(*, session: AsyncSession, since_hour: int) -> list[Row[Any]]:
+async def baseline_hours(*, session: Tx, since_hour: int) -> list[Row[Any]]:
     c = m.baseline_hours.c
     stmt = select(m.baseline_hours).where(c.hour >= since_hour).order_by(c.sensor_id, c.hour)
     return list((await (await _conn(session)).execute(stmt)).all())
 
 
-async def save_hours(*, session: AsyncSession, rows: Iterable[tuple[str, int, float]]) -> None:
+async def save_hours(*, session: Tx, rows: Iterable[tuple[str, int, float]]) -> None:
     values = [{"sensor_id": s, "hour": h, "mean": v} for s, h, v in rows]
     if not values:
         return

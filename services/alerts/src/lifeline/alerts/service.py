@@ -325,18 +325,29 @@ class AlertsService:
         engine = self.engine
         engine.begin()
         changes: list[Change] = []
+        written = 0
         try:
             for batch in batches:
                 for r in batch.readings:
                     found = engine.evaluate(r.sensor_id, r.device_time_ms, r.value, usable=r.quality not in _UNUSABLE)
                     if found:
                         changes += found
+                if changes:
+                    # An alert to raise or move: write it now, not after the rest of the fetch (under load
+                    # each message of 500 readings takes milliseconds). If a later write fails, the engine
+                    # rolls back to here and the redelivered messages' readings already written are no
+                    # longer newer than the sensors' last ones, so they are skipped, not raised again.
+                    await self._write(changes)
+                    engine.commit()
+                    engine.begin()
+                    written += len(changes)
+                    changes = []
             await self._write(changes)
         except BaseException:
             engine.rollback()
             raise
         engine.commit()
-        return len(changes)
+        return written
 
     async def apply_status(self, events: Iterable[telemetry_pb2.SensorStatusChanged]) -> int:
         """No-data rules from ingest's online/offline events."""
@@ -360,7 +371,8 @@ class AlertsService:
         engine = self.engine
         if not (changes or engine.dirty or engine.finished_hours):
             return
-        async with self.db.transaction() as session:
+        # The hot path (every batch that changes a rule state): Core statements, no ORM session.
+        async with self.db.core_transaction() as session:
             breaches: dict[str, _Breaches] = {}
             moved: set[str] = set()
             raised: set[str] = set()
