@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from lifeline.alerts import models
 from lifeline.alerts.service import AlertsService
 from lifeline.kit.db import Database
-from lifeline.v1 import common_pb2
+from lifeline.v1 import common_pb2, telemetry_pb2
 
 from .helpers import OPERATOR, VIEWER, Clock, batch, census_payloads, count, fresh_ids, outbox_subjects
 
@@ -125,3 +127,29 @@ async def test_composite_rule_from_the_api(service: AlertsService) -> None:
     await service.evaluate([batch([(pressure, T0 + 2 * S, 300.0)])])
     detail = await service.get_alert(alert_id=leak[0]["id"], principal=VIEWER)
     assert detail["condition"] == "cleared"
+
+
+async def test_concurrent_readings_and_status_batches_both_persist_their_rule_states(
+    service: AlertsService, clock: Clock
+) -> None:
+    """The readings and status consumers run side by side; neither may drop the other's state changes."""
+    _, [a] = await gas_sensor(service)
+    _, [b] = await gas_sensor(service)
+    offline = telemetry_pb2.SensorStatusChanged(
+        sensor_id=b, state=telemetry_pb2.SENSOR_STATE_OFFLINE, changed_ms=T0, last_seen_ms=T0 - 600 * S
+    )
+    # A opens its `for` window (a rule state, no alert yet) while B goes offline (a no-data alert).
+    await asyncio.gather(
+        service.evaluate([batch([(a, T0, 7.0), (a, T0 + 10 * S, 7.0)])]),
+        service.apply_status([offline]),
+    )
+    db = Database.from_url(service.db.engine.url.render_as_string(hide_password=False))
+    try:
+        fresh = AlertsService(region="340100", catalogue=service.catalogue, policy=service.policy, db=db, clock=clock)
+        await fresh.load()
+        # After a restart A's window is still open from T0: the reading at T0 + 30 s raises.
+        await fresh.evaluate([batch([(a, T0 + 30 * S, 7.0)])])
+        items, _ = await fresh.list_alerts(principal=VIEWER)
+    finally:
+        await db.dispose()
+    assert sorted(i["sensor_id"] for i in items) == sorted([a, b])

@@ -8,6 +8,7 @@ same states. Workflow steps and timers write the alert, its history entry and it
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -158,6 +159,10 @@ class AlertsService:
         # Silences whose start / end the timer has already applied to open alerts (see check_silences).
         self._silences_started: set[str] = set()
         self._silences_ended: set[str] = set()
+        # The readings, status and census consumers run side by side and interleave at every await, but the
+        # engine has one undo log (begin/commit/rollback) and one set of dirty states to write: a batch
+        # holds this from begin to commit, so another batch's begin cannot reset what it has yet to write.
+        self._engine_batch = asyncio.Lock()
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -219,6 +224,10 @@ class AlertsService:
 
         A whole batch (or snapshot chunk) is one transaction of a few multi-row upserts: per-row statements
         made a first start's census (12,500 events) take longer than the readings consumer waits for it."""
+        async with self._engine_batch:
+            return await self._keep_batch(docs)
+
+    async def _keep_batch(self, docs: list[tuple[str, str, int, dict[str, Any]]]) -> int:
         newest: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         for entity, key, version, doc in docs:
             k = (entity, key)
@@ -322,6 +331,10 @@ class AlertsService:
 
     async def evaluate(self, batches: Iterable[telemetry_pb2.ReadingsAccepted]) -> int:
         """Evaluate accepted readings; returns how many alert changes were written."""
+        async with self._engine_batch:
+            return await self._evaluate(batches)
+
+    async def _evaluate(self, batches: Iterable[telemetry_pb2.ReadingsAccepted]) -> int:
         engine = self.engine
         engine.begin()
         changes: list[Change] = []
@@ -351,6 +364,10 @@ class AlertsService:
 
     async def apply_status(self, events: Iterable[telemetry_pb2.SensorStatusChanged]) -> int:
         """No-data rules from ingest's online/offline events."""
+        async with self._engine_batch:
+            return await self._apply_status(events)
+
+    async def _apply_status(self, events: Iterable[telemetry_pb2.SensorStatusChanged]) -> int:
         engine = self.engine
         engine.begin()
         changes: list[Change] = []
