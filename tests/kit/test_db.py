@@ -208,60 +208,50 @@ async def test_core_transaction_enforces_foreign_keys(database_url: str) -> None
         await db.dispose()
 
 
-async def test_core_transaction_waits_for_the_write_lock_without_blocking_the_loop(sqlite_url: str) -> None:
-    db = Database.from_url(sqlite_url)
-    try:
-        async with db.engine.begin() as conn:
-            await conn.run_sync(_Base.metadata.create_all)
-        ticks = 0
-        async with db.transaction() as session:
-            session.add(Thing(name="first"))
-            await session.flush()  # holds SQLite's write lock from here to its commit
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_core_transaction_waits_for_the_write_lock_without_blocking_the_loop(db: Database) -> None:
+    ticks = 0
+    async with db.transaction() as session:
+        session.add(Thing(name="first"))
+        await session.flush()  # holds SQLite's write lock from here to its commit
 
-            async def core_writer() -> None:
-                async with db.core_transaction() as tx:
-                    await tx.execute(things.insert().values(name="second"))
+        async def core_writer() -> None:
+            async with db.core_transaction() as tx:
+                await tx.execute(things.insert().values(name="second"))
 
-            writer = asyncio.create_task(core_writer())
-            for _ in range(10):
-                await asyncio.sleep(0.01)
-                ticks += 1
-            assert not writer.done()  # still waiting for the lock, and the loop kept running meanwhile
-        await asyncio.wait_for(writer, 5)
-        assert ticks == 10
-        assert await names(db) == ["first", "second"]
-    finally:
-        await db.dispose()
+        writer = asyncio.create_task(core_writer())
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not writer.done()  # still waiting for the lock, and the loop kept running meanwhile
+    await asyncio.wait_for(writer, 5)
+    assert ticks == 10
+    assert await names(db) == ["first", "second"]
 
 
-async def test_sqlite_commit_listeners_see_commits_in_commit_order(sqlite_url: str) -> None:
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_commit_listeners_see_commits_in_commit_order(db: Database) -> None:
     # Sessions commit in aiosqlite's threads, core transactions in the loop's: the listeners (the
     # outbox relay's hand-off) must still hear of the commits in the order they happened.
-    db = Database.from_url(sqlite_url)
-    try:
-        async with db.engine.begin() as conn:
-            await conn.run_sync(_Base.metadata.create_all)
-        heard: list[str] = []
-        db.add_commit_listener(lambda info: heard.extend(info.get("names", [])))
+    heard: list[str] = []
+    db.add_commit_listener(lambda info: heard.extend(info.get("names", [])))
 
-        async def write(i: int) -> None:
-            name = f"t{i:03d}"
-            if i % 2:
-                async with db.core_transaction() as tx:
-                    await tx.execute(things.insert().values(name=name))
-                    tx.info["names"] = [name]
-            else:
-                async with db.transaction() as session:
-                    session.add(Thing(name=name))
-                    session.info["names"] = [name]
+    async def write(i: int) -> None:
+        name = f"t{i:03d}"
+        if i % 2:
+            async with db.core_transaction() as tx:
+                await tx.execute(things.insert().values(name=name))
+                tx.info["names"] = [name]
+        else:
+            async with db.transaction() as session:
+                session.add(Thing(name=name))
+                session.info["names"] = [name]
 
-        await asyncio.gather(*(write(i) for i in range(60)))
-        async with db.engine.connect() as conn:
-            committed = list((await conn.scalars(sa.select(Thing.name).order_by(Thing.id))).all())
-        assert sorted(heard) == sorted(committed) and len(heard) == 60
-        assert heard == committed  # ids are handed out under the write lock, so in commit order
-    finally:
-        await db.dispose()
+    await asyncio.gather(*(write(i) for i in range(60)))
+    async with db.engine.connect() as conn:
+        committed = list((await conn.scalars(sa.select(Thing.name).order_by(Thing.id))).all())
+    assert sorted(heard) == sorted(committed) and len(heard) == 60
+    assert heard == committed  # ids are handed out under the write lock, so in commit order
 
 
 async def test_dialect_and_ping(db: Database, database_url: str) -> None:

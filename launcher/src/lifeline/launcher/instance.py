@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lifeline.kit.config import InstanceSettings, ServiceSettings, Tier
 from lifeline.kit.telemetry import flush_telemetry, service_context
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from lifeline.kit.runtime import Service
 
 log = logging.getLogger("lifeline.launcher")
+
+T = TypeVar("T")
 
 # Every service of an instance, in start order ("module:Class", imported only when it runs).
 # Adding a service is one line here and one in SETTINGS; the tier rules below already know the planned ones.
@@ -101,19 +103,19 @@ def load_service(name: str) -> type[Service]:
     """Import the class of a registered service."""
     from lifeline.kit.runtime import Service
 
-    module_name, _, attr = SERVICES[name].partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
-    if not (isinstance(cls, type) and issubclass(cls, Service)):
-        raise TypeError(f"{SERVICES[name]} is not a lifeline.kit.runtime.Service")
-    return cls
+    return _load(SERVICES[name], Service)
 
 
 def load_settings(name: str) -> type[ServiceSettings]:
     """Import the settings class of a registered service (without the service)."""
-    module_name, _, attr = SETTINGS[name].partition(":")
+    return _load(SETTINGS[name], ServiceSettings)
+
+
+def _load(ref: str, base: type[T]) -> type[T]:
+    module_name, _, attr = ref.partition(":")
     cls = getattr(importlib.import_module(module_name), attr)
-    if not (isinstance(cls, type) and issubclass(cls, ServiceSettings)):
-        raise TypeError(f"{SETTINGS[name]} is not a lifeline.kit.config.ServiceSettings")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{ref} is not a {base.__module__}.{base.__qualname__}")
     return cls
 
 

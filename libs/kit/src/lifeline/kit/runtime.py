@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -65,6 +66,19 @@ class Background(Protocol):
     def start(self) -> Any: ...
 
     async def stop(self) -> None: ...
+
+
+def freeze_heap(after: str) -> None:
+    """Exempt everything alive now (modules, the app, start-up state) from garbage collection.
+
+    A full collection walks every tracked object: with a city's census and engine state that is
+    ~0.2 s on a slow core in which nothing else runs, and the hot paths' allocations trigger one every
+    few seconds under load (alerts' p99 latency; ~15 % of ingest's front door CPU). Frozen objects are
+    still freed by reference counting; only cycles among them are never collected, and start-up state
+    lives as long as the process. ``Service.stop`` thaws the heap again."""
+    gc.collect()
+    gc.freeze()
+    log.info("heap frozen after %s: %d objects exempt from collection", after, gc.get_freeze_count())
 
 
 class Periodic:
@@ -216,6 +230,8 @@ class Service(abc.ABC):
             except Exception:
                 log.exception("stopping %r failed", part)
         await self.db.dispose()
+        # Collectable again: a process that starts services again (the tests) must not keep them forever.
+        gc.unfreeze()
         log.info("service %s stopped", self.name)
 
     @property

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 
 from nats.aio.msg import Msg
 
 from lifeline.kit.bus import PullConsumer
+from lifeline.kit.runtime import freeze_heap
 from lifeline.v1 import telemetry_pb2
 
 from .census import CensusSnapshot
@@ -24,18 +24,6 @@ log = logging.getLogger(__name__)
 READINGS_SUBJECT = "readings.>"
 STATUS_SUBJECT = "events.ingest.sensor_status.>"
 ASSETS_SUBJECT = "events.assets.>"
-
-
-def freeze_heap() -> None:
-    """Exempt what start-up built (modules, the census, the engine's state) from garbage collection.
-
-    A full collection walks every tracked object: with 10,000 sensors that is ~0.2 s on a slow core
-    (more on a busy one) in which no reading is evaluated, and it came back every few seconds under
-    load as the p99 latency. Frozen objects are still freed by reference counting; only cycles among
-    them would never be collected, and start-up state lives for the whole process anyway."""
-    gc.collect()
-    gc.freeze()
-    log.info("heap frozen after start-up: %d objects exempt from collection", gc.get_freeze_count())
 
 
 class CensusGate:
@@ -75,7 +63,7 @@ class CensusGate:
         while not caught_up and loop.time() < deadline:
             await asyncio.sleep(0.5)
             caught_up = await self._caught_up()
-        freeze_heap()
+        freeze_heap("the census caught up")
 
     async def _caught_up(self) -> bool:
         with contextlib.suppress(Exception):  # the durable does not exist until its first pull
