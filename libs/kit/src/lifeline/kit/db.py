@@ -101,7 +101,9 @@ def _create_sqlite_engine(url: URL, *, echo: bool, busy_timeout_ms: int, foreign
     path = _sqlite_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, echo=echo)
+    # LIFO: the connection just returned is handed out again, so one connection's page cache stays hot
+    # and the others' (each grows to its own cache_size) stay small; FIFO rotated through all of them.
+    engine = create_async_engine(url, echo=echo, pool_use_lifo=True)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
