@@ -61,7 +61,7 @@ class _SensorWindow:
 
 
 class DedupIndex:
-    def __init__(self, per_sensor: int = 32) -> None:
+    def __init__(self, per_sensor: int = 128) -> None:
         self.per_sensor = per_sensor
         self._windows: dict[str, _SensorWindow] = {}
 

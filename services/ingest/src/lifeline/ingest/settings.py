@@ -44,7 +44,7 @@ class IngestSettings(ServiceSettings):
     # How long the storing consumer waits to fill a batch (storage latency, not acknowledgement latency).
     consumer_linger_s: float = 0.25
     # Recent readings per sensor the front door answers duplicate/conflict for without storage.
-    dedup_per_sensor: int = Field(default=32, ge=2)
+    dedup_per_sensor: int = Field(default=128, ge=2)
     publish_timeout_s: float = 5.0
     # JetStream publishes of the front door waiting for their ack at once; requests arriving meanwhile
     # share the next message (group commit), so more in flight means smaller, more numerous messages.
