@@ -150,8 +150,6 @@ async def test_census_loads_into_assets_once(
     elapsed = time.monotonic() - started
     assert (stats.created, stats.updated, stats.unchanged) == (sizes, dict.fromkeys(sizes, 0), dict.fromkeys(sizes, 0))
     assert stats.retired == len(retired) == 3
-    # One bulk import per entity (the single-create way took ~20 s); generous for a busy machine.
-    assert elapsed < 10, elapsed
     async with httpx.AsyncClient(base_url=app.http.url, headers={"Authorization": await authorization()}) as c:
         for entity in ENTITIES:
             assert await _count(c, f"/v1/{entity}", entity) == sizes[entity], entity
