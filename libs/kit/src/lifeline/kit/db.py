@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 READONLY_OPTION = "lifeline_readonly"
 
 CommitListener = Callable[[dict[Any, Any]], None]
+# A core transaction (a hot path's) taking longer than this is logged with where its time went.
+SLOW_TRANSACTION_S = 0.05
 
 
 def _is_sqlite(url: URL) -> bool:
@@ -303,11 +305,25 @@ class Database:
     async def core_transaction(self) -> AsyncIterator[CoreTransaction]:
         """Yield a CoreTransaction that commits on success and rolls back on any exception (hot paths)."""
         if not self._direct_file:
+            t0 = time.perf_counter()
             async with self.engine.connect() as conn:
+                t1 = time.perf_counter()
                 tx = CoreTransaction(conn=conn)
                 async with conn.begin():
                     yield tx
                     await tx._flush()
+                    t2 = time.perf_counter()
+            t3 = time.perf_counter()
+            if t3 - t0 > SLOW_TRANSACTION_S:
+                # Where a slow one spent its time: waiting for a connection (pool exhausted or connecting),
+                # in the caller's statements, or in COMMIT (the WAL flush).
+                log.warning(
+                    "slow core transaction: %.0f ms (connection %.1f ms, statements %.1f ms, commit %.1f ms)",
+                    (t3 - t0) * 1000,
+                    (t1 - t0) * 1000,
+                    (t2 - t1) * 1000,
+                    (t3 - t2) * 1000,
+                )
             self._committed(tx.info)
             return
         async with self._direct_lock:
