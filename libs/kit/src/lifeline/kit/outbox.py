@@ -16,6 +16,10 @@ is kept within the process. Across processes it is not: on PostgreSQL, replicas 
 one outbox and only reading it in order under the relay lock keeps their events in order, so the hand-off
 is off there by default; pass ``handoff=False`` too if several processes write events of the same
 aggregate to one SQLite file.
+
+PostgreSQL: one relay replica at a time publishes, the one holding the relay lock (a session-level
+advisory lock on a connection of the relay's own); it reads a batch and marks it sent with one
+autocommit statement each, so a commit's events are published one round trip after the commit.
 """
 
 from __future__ import annotations
