@@ -201,6 +201,11 @@ def spread(xs: list[float]) -> str:
     )
 
 
+def in_order(xs: list[float]) -> str:
+    """Every probe's latency in the order sent: whether the slow ones come first (a cold start) or anywhere."""
+    return " ".join(f"{x:.0f}" for x in xs)
+
+
 # --- the engine alone -------------------------------------------------------------------------------
 
 
@@ -553,6 +558,7 @@ async def bench_backend(backend: str, work: Path, plan: Plan, idp: BenchIdp, tok
                     await asyncio.sleep(plan.probe_interval_s)
         rtt_single = list(rtt.samples)
         log(f"[{tag}]   accepted → raised: {spread(single.latencies)}; sent → raised: {spread(single.from_send)}")
+        log(f"[{tag}]   in probe order: {in_order(single.latencies)}")
         log(f"[{tag}]   JetStream round trip: {spread(rtt_single)}; {cpu_single.summary()}")
 
         # Sustained load: batches of 500 through ingest at up to TARGET_RATE, probes in between.
@@ -609,6 +615,7 @@ async def bench_backend(backend: str, work: Path, plan: Plan, idp: BenchIdp, tok
             f"(lag at the end {t_done - t_sent:.2f} s)"
         )
         log(f"[{tag}]   accepted → raised: {spread(loaded.latencies)}; sent → raised: {spread(loaded.from_send)}")
+        log(f"[{tag}]   in probe order: {in_order(loaded.latencies)}")
         log(f"[{tag}]   JetStream round trip: {spread(rtt_loaded)}; {cpu_loaded.summary()}")
         peaks = sampler.next_phase()
         errors = [ln for ln in alerts_log.read_text(errors="replace").splitlines() if '"level": "ERROR"' in ln]

@@ -259,6 +259,57 @@ async def test_dialect_and_ping(db: Database, database_url: str) -> None:
     assert await db.ping()
 
 
+async def _kill_sessions(url: str) -> int:
+    """Terminate every other session on the database of ``url``: what a PostgreSQL restart does to a pool."""
+    killer = create_engine(url, pool_size=1, max_overflow=0)
+    try:
+        async with killer.connect() as conn:
+            killed = await conn.scalar(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+    finally:
+        await killer.dispose()
+    return int(killed or 0)
+
+
+@pytest.mark.postgres
+async def test_pool_recovers_from_a_restarted_postgres(postgres_url: str) -> None:
+    db = Database(create_engine(postgres_url, ping_after_idle_s=0.2))
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(_Base.metadata.create_all)
+        async with db.transaction() as session:
+            session.add(Thing(name="before"))
+        assert await _kill_sessions(postgres_url) >= 1
+
+        # Idle for longer than ping_after_idle_s: the checkout's ping finds the connection dead and the
+        # pool opens another one, so the transaction does not even notice.
+        await asyncio.sleep(0.3)
+        async with db.core_transaction() as tx:
+            await tx.execute(sa.insert(things), {"name": "after idle"})
+
+        # In steady use there is no ping: at most the first transaction fails (rolled back), and the
+        # pool discards every connection it had, so the next one succeeds.
+        assert await _kill_sessions(postgres_url) >= 1
+        outcomes = []
+        for name in ("right after", "next"):
+            try:
+                async with db.core_transaction() as tx:
+                    await tx.execute(sa.insert(things), {"name": name})
+                outcomes.append(name)
+            except sa.exc.DBAPIError as exc:
+                assert exc.connection_invalidated
+        assert outcomes[-1:] == ["next"]
+        async with db.engine.connect() as conn:
+            names = set((await conn.scalars(sa.select(Thing.name))).all())
+        assert names == {"before", "after idle", *outcomes}
+    finally:
+        await db.dispose()
+
+
 async def test_ping_false_when_unreachable() -> None:
     db = Database.from_url("postgresql+asyncpg://postgres@127.0.0.1:1/none", pool_size=1)
     db.ping_timeout = 1.0

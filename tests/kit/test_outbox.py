@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from lifeline.kit.db import Database
+from lifeline.kit.db import Database, create_engine
 from lifeline.kit.migrations import migrate
 from lifeline.kit.natsserver import NatsServer
 from lifeline.kit.outbox import _RELAY_LOCK_KEY, OutboxRelay, enqueue, outbox_table
@@ -408,6 +408,53 @@ async def test_relay_yields_to_the_replica_holding_the_lock(postgres_url: str, t
         assert len(recorder.calls) == 3
     finally:
         await db.dispose()
+
+
+@pytest.mark.postgres
+async def test_relay_recovers_when_postgres_drops_its_connection(postgres_url: str, tmp_path: Path) -> None:
+    db = await migrated(postgres_url, tmp_path)
+    recorder = Recorder()
+    relay = OutboxRelay(db, recorder, poll_interval=0.05, backoff_initial=0.05, backoff_max=0.2)
+    task = asyncio.create_task(relay.run())
+    try:
+        expected = await enqueue_many(db, "events.test.restart", 5)
+
+        async def published() -> bool:
+            return len(recorder.ids) == len(expected)
+
+        await wait_until(published, 10, "the first events")
+        # What a PostgreSQL restart does: every session ends, the relay's (and its lock) included.
+        async with db.engine.connect() as conn:
+            await conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        for _ in range(3):
+            try:
+                expected += await enqueue_many(db, "events.test.restart", 5)
+            except sa.exc.DBAPIError as exc:  # a pooled connection the restart killed: rolled back
+                assert exc.connection_invalidated
+        await wait_until(published, 10, "the events committed after the restart")
+        assert recorder.ids == expected, "each once, in order"
+        assert relay.running
+    finally:
+        await relay.stop()
+        await task
+        await db.dispose()
+    engine = create_engine(postgres_url)
+    try:
+        async with engine.connect() as conn:
+            held = await conn.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
+            )
+    finally:
+        await engine.dispose()
+    assert held == 0, "a stopped relay holds no lock"
 
 
 # -- hand-off: a relay that has caught up publishes what the commits hand it -----------------------

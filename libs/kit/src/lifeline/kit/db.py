@@ -26,7 +26,7 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import Depends, Request
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Connection, Result, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, Result, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 READONLY_OPTION = "lifeline_readonly"
 
 CommitListener = Callable[[dict[Any, Any]], None]
+# A core transaction (a hot path's) taking longer than this is logged with where its time went.
+SLOW_TRANSACTION_S = 0.05
 
 
 def _is_sqlite(url: URL) -> bool:
@@ -77,6 +79,7 @@ def create_engine(
     sqlite_busy_timeout_ms: int = 10_000,
     sqlite_foreign_keys: bool = True,
     application_name: str | None = None,
+    ping_after_idle_s: float = 1.0,
 ) -> AsyncEngine:
     """Create an async engine for the URL: SQLite in WAL mode with real transactions, or PostgreSQL."""
     parsed = make_url(url)
@@ -88,13 +91,50 @@ def create_engine(
         "echo": echo,
         "pool_size": pool_size,
         "max_overflow": max_overflow,
-        # A restarted or failed-over PostgreSQL leaves dead connections in the pool; test before use.
-        "pool_pre_ping": True,
         "pool_recycle": 1800,
+        # LIFO, as on SQLite: the connection just returned is handed out again, so the hot path runs on a
+        # connection whose prepared statements (asyncpg's cache) and server-side catalog caches are warm;
+        # FIFO rotated through every pooled connection, each paying its first prepares on a raise.
+        "pool_use_lifo": True,
     }
     if application_name and parsed.get_backend_name() == "postgresql":
         kwargs["connect_args"] = {"server_settings": {"application_name": application_name}}
-    return create_async_engine(parsed, **kwargs)
+    engine = create_async_engine(parsed, **kwargs)
+    _ping_after_idle(engine.sync_engine, ping_after_idle_s)
+    return engine
+
+
+_IDLE_SINCE = "lifeline_idle_since"
+
+
+def _ping_after_idle(engine: sa.Engine, idle_s: float) -> None:
+    """Test a pooled connection before use when it sat idle for ``idle_s`` seconds or more.
+
+    A restarted or failed-over PostgreSQL leaves dead connections in the pool. ``pool_pre_ping`` tests
+    every checkout, a round trip on every transaction of the hot path; a connection in steady use is
+    tested by its own statements instead: the first one that finds the server gone fails (its
+    transaction rolls back, nothing half-done), SQLAlchemy then discards every connection of the pool
+    opened before, and the next transaction connects afresh. So only a connection that sat idle (when
+    a restart most likely happened unnoticed) costs a round trip.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < idle_s:
+            return  # just connected, or in steady use
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            alive = False
+            log.info("pooled connection idle for %.1f s is dead: %s", time.monotonic() - since, exc)
+        if not alive:
+            # The pool discards this connection and checks out (or opens) another one.
+            raise sa.exc.DisconnectionError("pooled connection failed its ping")
 
 
 def _create_sqlite_engine(url: URL, *, echo: bool, busy_timeout_ms: int, foreign_keys: bool) -> AsyncEngine:
@@ -172,6 +212,13 @@ class CoreTransaction:
         # Handed to the commit listeners after the commit, like ``AsyncSession.info``.
         self.info: dict[Any, Any] = {}
         self._at_commit: dict[sa.Table, list[dict[str, Any]]] = {}
+
+    @property
+    def dialect(self) -> Dialect:
+        """The connection's dialect (``dialect.name``: ``sqlite`` or ``postgresql``), for dialect-specific SQL."""
+        conn = self._sync if self._sync is not None else self._async
+        assert conn is not None
+        return conn.dialect
 
     async def execute(self, statement: Executable | str, parameters: Params = None) -> Result[Any]:
         """Run a Core statement, or plain SQL with ``:name`` parameters; many parameter sets: executemany."""
@@ -258,11 +305,25 @@ class Database:
     async def core_transaction(self) -> AsyncIterator[CoreTransaction]:
         """Yield a CoreTransaction that commits on success and rolls back on any exception (hot paths)."""
         if not self._direct_file:
+            t0 = time.perf_counter()
             async with self.engine.connect() as conn:
+                t1 = time.perf_counter()
                 tx = CoreTransaction(conn=conn)
                 async with conn.begin():
                     yield tx
                     await tx._flush()
+                    t2 = time.perf_counter()
+            t3 = time.perf_counter()
+            if t3 - t0 > SLOW_TRANSACTION_S:
+                # Where a slow one spent its time: waiting for a connection (pool exhausted or connecting),
+                # in the caller's statements, or in COMMIT (the WAL flush).
+                log.warning(
+                    "slow core transaction: %.0f ms (connection %.1f ms, statements %.1f ms, commit %.1f ms)",
+                    (t3 - t0) * 1000,
+                    (t1 - t0) * 1000,
+                    (t2 - t1) * 1000,
+                    (t3 - t2) * 1000,
+                )
             self._committed(tx.info)
             return
         async with self._direct_lock:

@@ -16,6 +16,10 @@ is kept within the process. Across processes it is not: on PostgreSQL, replicas 
 one outbox and only reading it in order under the relay lock keeps their events in order, so the hand-off
 is off there by default; pass ``handoff=False`` too if several processes write events of the same
 aggregate to one SQLite file.
+
+PostgreSQL: one relay replica at a time publishes, the one holding the relay lock (a session-level
+advisory lock on a connection of the relay's own); it reads a batch and marks it sent with one
+autocommit statement each, so a commit's events are published one round trip after the commit.
 """
 
 from __future__ import annotations
@@ -264,6 +268,9 @@ class OutboxRelay:
         # Ids a read published lately: the same events may also have been handed (committed as it read).
         self._read_ids: deque[str] = deque(maxlen=10 * batch_size)
         self._read_id_set: set[str] = set()
+        # PostgreSQL: this relay's own connection, in autocommit, holding the relay lock (see _claim_pg).
+        self._pg_conn: AsyncConnection | None = None
+        self._pg_owner = False
         self.published_total = 0
         self.consecutive_failures = 0
         self.last_error: str | None = None
@@ -330,6 +337,7 @@ class OutboxRelay:
                     self._fall_back()
         finally:
             remove_listener()
+            await self._release_pg()
             self._running = False
             self._stop_requested.clear()
             self._stopped.set()
@@ -343,7 +351,11 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch of unsent events; return how many were published (errors are recorded)."""
-        result = await self._relay_batch()
+        try:
+            result = await self._relay_batch()
+        finally:
+            if not self._running:
+                await self._release_pg()  # a one-off batch keeps neither the connection nor the lock
         return result.published
 
     async def depth(self) -> int:
@@ -462,22 +474,60 @@ class OutboxRelay:
         return result
 
     async def _relay_batch_pg(self) -> _BatchResult:
-        async with self._db.transaction() as session:
-            # Core statements go through the connection: the rows are not ORM objects.
-            conn = await session.connection()
-            # One replica publishes at a time: concurrent relays publishing disjoint SKIP LOCKED
-            # batches would reorder events. The others skip the round and take over if it dies
-            # (the lock goes with its transaction).
-            locked = await conn.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(_RELAY_LOCK_KEY)))
-            if not locked:
+        try:
+            conn = await self._claim_pg()
+            if conn is None:
                 return _BatchResult(0, 0, None)
-            # SKIP LOCKED on top: rows someone else holds (an operator's fix-up, an older relay) are
-            # never published twice concurrently, and we never wait on them.
-            rows = _rows(await conn.execute(self._select_unsent().with_for_update(skip_locked=True)))
+            rows = _rows(await conn.execute(self._select_unsent()))
             published, failure = await self._publish_rows(rows)
             await _record(conn, [r.seq for r in published], failure)
+        except Exception:
+            await self._release_pg()  # a broken connection; the lock went with it or goes now
+            raise
         self._note_read(published)
         return _BatchResult(len(rows), len(published), failure)
+
+    async def _claim_pg(self) -> AsyncConnection | None:
+        """This relay's connection once it holds the relay lock; None while another replica holds it.
+
+        One replica publishes at a time: concurrent relays publishing disjoint batches would reorder
+        events. The lock is a session-level advisory lock on a connection of the relay's own, so the
+        owner reads, publishes and marks with one autocommit statement each (the transaction-level lock
+        cost a pool checkout, BEGIN, the lock and COMMIT on every batch, between a commit and its publish).
+        The lock goes with the session: when the owner stops, dies or loses its connection, a standby
+        takes it on its next round.
+        """
+        if self._pg_conn is None:
+            conn = await self._db.engine.connect()
+            try:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                # Marking sent need not wait for the WAL flush (~1 ms, between one batch and the next): a
+                # mark lost in a PostgreSQL crash only republishes the event, which the msg-id dedup and
+                # idempotent consumers absorb (the same as a relay dying between publish and mark). The
+                # events themselves are written by the services' transactions, which wait for the flush.
+                await conn.exec_driver_sql("SET synchronous_commit = off")
+            except BaseException:
+                await conn.close()
+                raise
+            self._pg_conn = conn
+            self._pg_owner = False
+        if not self._pg_owner:
+            locked = await self._pg_conn.scalar(sa.select(sa.func.pg_try_advisory_lock(_RELAY_LOCK_KEY)))
+            self._pg_owner = bool(locked)
+        return self._pg_conn if self._pg_owner else None
+
+    async def _release_pg(self) -> None:
+        """Give up the connection and with it the relay lock."""
+        conn, self._pg_conn = self._pg_conn, None
+        self._pg_owner = False
+        if conn is None:
+            return
+        try:
+            # Closed rather than returned to the pool: a pooled session would keep holding the lock.
+            await conn.invalidate()
+            await conn.close()
+        except Exception as exc:  # already broken: the server ends the session, and the lock with it
+            log.debug("outbox relay connection closed with an error: %s", exc)
 
     async def _relay_batch_sqlite(self) -> _BatchResult:
         # SQLite has one writer: holding the write lock while waiting on NATS would stall every

@@ -71,13 +71,20 @@ async def all_states(*, session: Tx) -> list[Row[Any]]:
 
 
 async def save_states(*, session: Tx, rows: Sequence[dict[str, Any]]) -> None:
-    """Replace the given states (delete + insert: portable, and the rows are few per batch)."""
+    """Replace the given states (one per fingerprint) with an upsert.
+
+    One statement, not a delete and an insert: on PostgreSQL every statement is a round trip, and this one
+    is in every evaluation transaction that changes a state (a raise's included)."""
     if not rows:
         return
     conn = await _conn(session)
-    c = m.rule_states.c
-    await conn.execute(delete(m.rule_states).where(c.fingerprint.in_([r["fingerprint"] for r in rows])))
-    await conn.execute(insert(m.rule_states), list(rows))
+    table = m.rule_states
+    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+    stmt = ins.on_conflict_do_update(
+        index_elements=[table.c.fingerprint],
+        set_={c.name: ins.excluded[c.name] for c in table.c if c.name != "fingerprint"},
+    )
+    await conn.execute(stmt, list(rows))
 
 
 async def delete_states(*, session: Tx, subjects: Iterable[str]) -> None:

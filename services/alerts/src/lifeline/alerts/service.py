@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import ValidationError
@@ -118,6 +119,9 @@ def _higher_is_worse(change: Change) -> bool:
 
 
 _INTERNAL = frozenset({"is_open", "seq", "state_ms"})
+# Transaction info key: {alert id: its row as inserted} for alerts raised in the transaction and not changed
+# since, so the inhibition pass need not read them back (a round trip per raise on PostgreSQL).
+_RAISED_ROWS = "lifeline.alerts.raised_rows"
 
 
 def alert_public(alert: Mapping[str, Any]) -> dict[str, Any]:
@@ -586,6 +590,8 @@ class AlertsService:
         }
         await repository.insert_history(session=session, values=entry)
         self._publish(session, "raised", values, entry, ch.at_ms)
+        inserted = dict(values)
+        session.info.setdefault(_RAISED_ROWS, {})[alert_id] = SimpleNamespace(**inserted, _mapping=inserted)
         level, risk = self._risk_raised(ch.level, sensor.facility_code)
         if risk is not None and level != ch.level:
             row = await repository.get_alert(session=session, alert_id=alert_id)
@@ -666,7 +672,11 @@ class AlertsService:
             # Skipped for a batch that only raised: one statement fewer in the raise's transaction.
             check |= set(await repository.suppressed_by(session=session, source_ids=alert_ids - new))
         if alert_ids:
-            for row in await repository.alerts_by_ids(session=session, ids=alert_ids):
+            inserted = session.info.get(_RAISED_ROWS, {})
+            rows = [inserted[i] for i in alert_ids if i in inserted]
+            if len(rows) < len(alert_ids):
+                rows += await repository.alerts_by_ids(session=session, ids=alert_ids - inserted.keys())
+            for row in rows:
                 a = row._mapping
                 for rule in rules:
                     if rule.target.matches(a):
@@ -706,6 +716,7 @@ class AlertsService:
             session=session, alert_id=row.id, values=values, expected_version=expected_version or row.version
         ):
             raise ProblemError(409, detail="alerts.conflict", params={"id": row.id})
+        session.info.get(_RAISED_ROWS, {}).pop(row.id, None)  # its row as inserted is no longer its row
         full = {**dict(row._mapping), **values}
         history = {
             "alert_id": row.id,
