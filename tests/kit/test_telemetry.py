@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import logging
@@ -213,3 +214,24 @@ def test_new_traces_are_recorded_only_while_spans_are_exported() -> None:
     sampler.exporting = True
     assert sampler.should_sample(None, 1, "root").decision == Decision.RECORD_AND_SAMPLE
     assert _ExportedOnly(0.0).should_sample(None, 1, "root").decision == Decision.DROP
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        1_700_000_000.0,
+        1_700_000_000.0004995,  # rounds to ...000500 µs: 000 ms
+        1_700_000_000.9994999,
+        1_700_000_000.9999996,  # rounds up into the next second
+        1_700_000_001.25,  # same second as the line before: the cached part
+        951_782_400.123,  # 2000-02-29
+    ],
+)
+def test_json_line_time_is_the_records_utc_time_to_the_millisecond(created: float) -> None:
+    # The seconds are formatted once per second and reused: the result must still be what datetime gives.
+    record = logging.LogRecord("lifeline.test", logging.INFO, __file__, 1, "at %s", ("t",), None)
+    record.created = created
+    entry = json.loads(JsonLogFormatter().format(record))
+    expected = dt.datetime.fromtimestamp(created, tz=dt.UTC).isoformat(timespec="milliseconds")
+    assert entry["ts"] == expected.replace("+00:00", "Z")
+    assert entry["message"] == "at t"
