@@ -407,9 +407,23 @@ def inject_trace_headers(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
+# (propagator, the header names it reads), for the propagator installed now.
+_propagated_fields: tuple[object, frozenset[str]] = (None, frozenset())
+
+
 def extract_trace_context(headers: Mapping[str, str] | None) -> Context:
     """The trace context carried by message headers (an empty context when there is none)."""
-    return propagate.extract(dict(headers) if headers else {}, context=otel_context.Context())
+    global _propagated_fields
+    # Most requests and messages carry no trace context: skip copying the headers and running every
+    # propagator when none of the headers they read is there (they would find nothing).
+    textmap = propagate.get_global_textmap()
+    owner, fields = _propagated_fields
+    if owner is not textmap:
+        fields = frozenset(textmap.fields)
+        _propagated_fields = (textmap, fields)
+    if not headers or fields.isdisjoint(headers):
+        return otel_context.Context()
+    return propagate.extract(dict(headers), context=otel_context.Context())
 
 
 @contextlib.contextmanager
