@@ -419,13 +419,6 @@ class TokenVerifier:
 
     async def verify_authorization(self, authorization: str | None) -> Principal:
         """Verify an ``Authorization: Bearer`` header value and return its principal."""
-        # The usual header, "Bearer <token>" with a token verified before: one look-up. Parsing first
-        # copies the token (about a kilobyte) twice and scans it, per request. The cache holds only
-        # tokens parse_bearer returned, so such a header would parse to exactly this token.
-        if authorization is not None and authorization.startswith("Bearer "):
-            cached = self._verified.get(authorization[7:])
-            if cached is not None and time.time() <= cached[1] + self.leeway:
-                return cached[0]
         return await self.verify(parse_bearer(authorization))
 
 
