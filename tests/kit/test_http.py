@@ -258,13 +258,18 @@ async def test_writes_of_one_turn_leave_as_one_and_closing_sends_what_is_pending
         await asyncio.sleep(0)
         assert counting.writes == 1, "head and body in one send"
         assert await reader.readexactly(40) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        # A large write goes at once: the transport's own flow control must see it.
+        big = b"x" * _CoalescingTransport.FLUSH_BYTES
+        transport.write(big)
+        assert counting.writes == 2 and transport.get_write_buffer_size() == counting.get_write_buffer_size()
+        assert await reader.readexactly(len(big)) == big
         # A response followed by close (Connection: close) is sent whole before the connection ends.
         transport.write(b"bye")
         transport.close()
         assert await reader.read() == b"bye"
         transport.write(b"late")  # after close: dropped, no error
         await asyncio.sleep(0)
-        assert counting.writes == 2
+        assert counting.writes == 3
     finally:
         writer.close()
         server.close()

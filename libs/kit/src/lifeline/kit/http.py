@@ -272,26 +272,35 @@ class _CoalescingTransport:
     uvicorn writes a response's head and its body separately, each a system call at once (the
     socket is writable): two sends per small response where one does, and on this platform a send
     costs more than the whole of uvicorn's own Python work for a one-reading request. The writes are
-    joined and sent at the end of the turn, in order; closing sends what is pending first.
+    joined and sent at the end of the turn, in order; closing sends what is pending first. Past
+    ``FLUSH_BYTES`` they go at once, so that the transport's flow control (pause_writing) still holds
+    back a response streamed without a pause.
     """
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    FLUSH_BYTES: Final = 64 * 1024
+
+    __slots__ = ("_loop", "_pending", "_pending_bytes", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     def write(self, data: bytes) -> None:
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= self.FLUSH_BYTES:
+            self._flush()
 
     def _flush(self) -> None:
         if not self._pending:
             return
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending = []
+        self._pending_bytes = 0
         if not self._transport.is_closing():
             self._transport.write(data)
 
@@ -300,7 +309,7 @@ class _CoalescingTransport:
         self._transport.close()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(len(d) for d in self._pending)
+        return self._transport.get_write_buffer_size() + self._pending_bytes
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (flow control, extra info, abort) is the real transport's.
