@@ -616,13 +616,17 @@ async def test_repeated_token_is_verified_once_but_expiry_still_counts(oidc_prov
         first = await verifier.verify(token)
         fetches = verifier.jwks_fetches
         assert await verifier.verify(token) == first
+        # The header of a verified token is answered from the cache too, however it is spelt.
+        for header in (f"Bearer {token}", f"bearer {token}", f"  Bearer   {token} "):
+            assert await verifier.verify_authorization(header) == first
         assert verifier.jwks_fetches == fetches
         await _asyncio.sleep(3)
-        try:
-            await verifier.verify(token)
-        except _AuthError as exc:
-            assert exc.code == "expired"
-        else:
-            raise AssertionError("an expired token was accepted from the cache")
+        for check in (lambda: verifier.verify(token), lambda: verifier.verify_authorization(f"Bearer {token}")):
+            try:
+                await check()
+            except _AuthError as exc:
+                assert exc.code == "expired"
+            else:
+                raise AssertionError("an expired token was accepted from the cache")
     finally:
         await verifier.aclose()

@@ -219,3 +219,84 @@ async def test_fast_route_answers_ahead_of_fastapi_with_the_same_problems_and_a_
     assert spans[0].context.trace_id == int("ab" * 16, 16), "the caller's trace continues"
     assert spans[0].attributes["http.status_code"] == 200
     assert [s.status.is_ok for s in spans] == [True, False, False, True, True, False], "5xx are errors"
+
+
+class _CountingTransport:
+    """Forwards to a real transport and counts the writes that reach it."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.transport, name)
+
+
+async def test_writes_of_one_turn_leave_as_one_and_closing_sends_what_is_pending() -> None:
+    from lifeline.kit.http import _CoalescingTransport
+
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[asyncio.Transport] = loop.create_future()
+
+    class Accept(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.set_result(transport)  # type: ignore[arg-type]
+
+    server = await loop.create_server(Accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        counting = _CountingTransport(await accepted)
+        transport = _CoalescingTransport(counting, loop)  # type: ignore[arg-type]
+        transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        transport.write(b"ok")
+        assert counting.writes == 0 and transport.get_write_buffer_size() == 40
+        await asyncio.sleep(0)
+        assert counting.writes == 1, "head and body in one send"
+        assert await reader.readexactly(40) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        # A large write goes at once: the transport's own flow control must see it.
+        big = b"x" * _CoalescingTransport.FLUSH_BYTES
+        transport.write(big)
+        assert counting.writes == 2 and transport.get_write_buffer_size() == counting.get_write_buffer_size()
+        assert await reader.readexactly(len(big)) == big
+        # A response followed by close (Connection: close) is sent whole before the connection ends.
+        transport.write(b"bye")
+        transport.close()
+        assert await reader.read() == b"bye"
+        transport.write(b"late")  # after close: dropped, no error
+        await asyncio.sleep(0)
+        assert counting.writes == 3
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_keep_alive_and_closing_requests_get_whole_answers_from_a_real_server() -> None:
+    app = create_http_app(title="t", version="1")
+
+    @app.post("/echo")
+    async def echo(body: dict[str, str]) -> dict[str, str]:
+        return body
+
+    server = await serve_http(app, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        request = (
+            b'POST /echo HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n{"a":"b"}'
+        )
+        for _ in range(3):
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"content-length: 9" in head
+            assert await reader.readexactly(9) == b'{"a":"b"}'
+        writer.write(request.replace(b"host: t\r\n", b"host: t\r\nconnection: close\r\n"))
+        last = await reader.read()  # until the server closes the connection
+        assert last.startswith(b"HTTP/1.1 200") and last.endswith(b'{"a":"b"}')
+        writer.close()
+    finally:
+        await server.stop()

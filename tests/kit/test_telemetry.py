@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import logging
@@ -9,7 +10,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY, generate_latest
@@ -213,3 +215,36 @@ def test_new_traces_are_recorded_only_while_spans_are_exported() -> None:
     sampler.exporting = True
     assert sampler.should_sample(None, 1, "root").decision == Decision.RECORD_AND_SAMPLE
     assert _ExportedOnly(0.0).should_sample(None, 1, "root").decision == Decision.DROP
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        1_700_000_000.0,
+        1_700_000_000.0004995,  # rounds to ...000500 µs: 000 ms
+        1_700_000_000.9994999,
+        1_700_000_000.9999996,  # rounds up into the next second
+        1_700_000_001.25,  # same second as the line before: the cached part
+        951_782_400.123,  # 2000-02-29
+    ],
+)
+def test_json_line_time_is_the_records_utc_time_to_the_millisecond(created: float) -> None:
+    # The seconds are formatted once per second and reused: the result must still be what datetime gives.
+    record = logging.LogRecord("lifeline.test", logging.INFO, __file__, 1, "at %s", ("t",), None)
+    record.created = created
+    entry = json.loads(JsonLogFormatter().format(record))
+    expected = dt.datetime.fromtimestamp(created, tz=dt.UTC).isoformat(timespec="milliseconds")
+    assert entry["ts"] == expected.replace("+00:00", "Z")
+    assert entry["message"] == "at t"
+
+
+def test_trace_context_is_extracted_only_from_headers_that_carry_it(exporter: InMemorySpanExporter) -> None:
+    # Headers without any propagated field give an empty context; each field alone is still read.
+    assert extract_trace_context({"content-type": "application/json"}) == otel_context.Context()
+    assert extract_trace_context(None) == otel_context.Context()
+    with get_tracer("lifeline.test").start_as_current_span("caller") as caller:
+        carried = inject_trace_headers({"content-type": "application/json"})
+    parent = trace.get_current_span(extract_trace_context(carried)).get_span_context()
+    assert parent.trace_id == caller.get_span_context().trace_id
+    only_baggage = extract_trace_context({"baggage": "tenant=340100"})
+    assert baggage.get_baggage("tenant", only_baggage) == "340100"

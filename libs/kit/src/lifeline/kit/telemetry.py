@@ -260,15 +260,39 @@ def _span_ids() -> tuple[str | None, str | None]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
+# What json.dumps(entry, ensure_ascii=False, default=str) builds anew for every call (a few µs per line:
+# the audit log writes a line per request).
+_json_line = json.JSONEncoder(ensure_ascii=False, default=str)
+# (epoch second, its "YYYY-MM-DDTHH:MM:SS"): lines of the same second share the formatted part.
+_ts_second: tuple[int, str] = (-1, "")
+
+
+def _utc_millis(created: float) -> str:
+    """``created`` as ``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")`` with a Z.
+
+    Rounded to the microsecond first (half to even), as datetime does, then cut to the millisecond.
+    """
+    global _ts_second
+    sec = int(created)
+    us = round((created - sec) * 1e6)
+    if us >= 1_000_000 or sec < 0:
+        ts = dt.datetime.fromtimestamp(created, tz=dt.UTC)
+        return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    cached_sec, prefix = _ts_second
+    if cached_sec != sec:
+        prefix = dt.datetime.fromtimestamp(sec, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _ts_second = (sec, prefix)
+    return f"{prefix}.{us // 1000:03d}Z"
+
+
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message, service, trace_id, span_id and extras."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Render the record as a single JSON line."""
         trace_id, span_id = _span_ids()
-        ts = dt.datetime.fromtimestamp(record.created, tz=dt.UTC)
         entry: dict[str, Any] = {
-            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": _utc_millis(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -284,7 +308,7 @@ class JsonLogFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return _json_line.encode(entry)
 
 
 class PlainLogFormatter(logging.Formatter):
@@ -383,9 +407,23 @@ def inject_trace_headers(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
+# (propagator, the header names it reads), for the propagator installed now.
+_propagated_fields: tuple[object, frozenset[str]] = (None, frozenset())
+
+
 def extract_trace_context(headers: Mapping[str, str] | None) -> Context:
     """The trace context carried by message headers (an empty context when there is none)."""
-    return propagate.extract(dict(headers) if headers else {}, context=otel_context.Context())
+    global _propagated_fields
+    # Most requests and messages carry no trace context: skip copying the headers and running every
+    # propagator when none of the headers they read is there (they would find nothing).
+    textmap = propagate.get_global_textmap()
+    owner, fields = _propagated_fields
+    if owner is not textmap:
+        fields = frozenset(textmap.fields)
+        _propagated_fields = (textmap, fields)
+    if not headers or fields.isdisjoint(headers):
+        return otel_context.Context()
+    return propagate.extract(dict(headers), context=otel_context.Context())
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ DUPLICATE = telemetry_pb2.READING_STATUS_DUPLICATE
 REJECTED = telemetry_pb2.READING_STATUS_REJECTED
 CONFLICT = telemetry_pb2.REJECT_REASON_CONFLICT
 STATUS_NAME = {ACCEPTED: "accepted", DUPLICATE: "duplicate", REJECTED: "rejected"}
+_ACCEPTED_ATTRS = {"outcome": "accepted"}
 # The persisting consumer inserts readings in chunks of about this many rows (one transaction).
 PERSIST_CHUNK_ROWS = 5_000
 
@@ -173,7 +174,8 @@ class IngestService:
             count=len(items),
             accepted=len(accepted),
         )
-        readings_counter.add(len(accepted), {"outcome": "accepted"})
+        # Accepted readings are counted per published message (_publish): one add per group commit
+        # instead of one per request (~6 µs each in the SDK, a few percent of a one-reading request).
         if len(accepted) != len(items):
             for o in outcomes:
                 if o.status != ACCEPTED:
@@ -232,6 +234,8 @@ class IngestService:
             msg_id=f"readings:{digest.hexdigest()}:{len(accepted)}",
             timeout=self.publish_timeout_s,
         )
+        # Acknowledged: every submitter of the group is answered "accepted" for these.
+        readings_counter.add(len(accepted), _ACCEPTED_ATTRS)
 
     # --- persistence (the READINGS consumer) -------------------------------------------------------
 
