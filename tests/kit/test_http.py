@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 from fastapi import FastAPI
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from prometheus_client import Counter
 
 from lifeline.kit.config import InstanceSettings
@@ -192,7 +194,14 @@ async def test_fast_route_answers_ahead_of_fastapi_with_the_same_problems_and_a_
     server = await serve_http(app, "127.0.0.1", 0)
     try:
         async with httpx.AsyncClient(base_url=server.url) as client:
-            ok = await client.post("/echo", content=b"hi", headers={"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+            caller = {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"}
+            # The caller's context made current too: where httpx is instrumented (setup_telemetry does it
+            # process-wide) the client span it injects then carries the same trace.
+            token = otel_context.attach(propagate.extract(caller))
+            try:
+                ok = await client.post("/echo", content=b"hi", headers=caller)
+            finally:
+                otel_context.detach(token)
             assert ok.status_code == 200 and ok.json()["via"] == "fast" and ok.json()["body"] == "hi"
             assert ok.json()["client"].startswith("127.0.0.1:")
             assert (await client.get("/echo")).json() == {"via": "fastapi"}, "other methods go to FastAPI"

@@ -28,7 +28,6 @@ from lifeline.kit.telemetry import (
     extract_trace_context,
     get_tracer,
     inject_trace_headers,
-    instrument_httpx,
     instrument_sqlalchemy,
     publish_span,
     service_context,
@@ -138,7 +137,7 @@ def test_setup_is_idempotent_per_process(exporter: InMemorySpanExporter) -> None
 
 
 async def test_outgoing_httpx_request_continues_the_trace(exporter: InMemorySpanExporter) -> None:
-    instrument_httpx()
+    # setup_telemetry (the exporter fixture) instruments httpx process-wide: no instrument_httpx() here.
     app = create_http_app(title="demo", version="0")
 
     @app.get("/ping")

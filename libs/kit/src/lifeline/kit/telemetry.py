@@ -171,6 +171,8 @@ def setup_telemetry(instance: InstanceSettings, *, span_exporter: SpanExporter |
     with _lock:
         if _telemetry is None:
             _telemetry = _install_providers(telemetry_resource(instance), instance.trace_sample_ratio)
+            # Outgoing calls (webhook deliveries, token and key fetches) join the trace they are made in.
+            instrument_httpx()
         state = _telemetry
         if instance.otlp_endpoint:
             url = _traces_url(instance.otlp_endpoint)
