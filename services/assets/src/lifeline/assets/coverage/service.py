@@ -16,9 +16,10 @@ from typing import Any
 
 from lifeline.kit import i18n
 from lifeline.kit.api import require_any_role, scope_prefix
-from lifeline.kit.auth import ClientCredentials, Principal
+from lifeline.kit.auth import Principal
 from lifeline.kit.catalogue import Domain
 from lifeline.kit.db import Database
+from lifeline.kit.mirror import PeerChannel
 from lifeline.kit.problems import ProblemError
 from lifeline.kit.runtime import Service
 
@@ -139,10 +140,6 @@ class CoverageService:
 
 def coverage_service(app: Service) -> CoverageService:
     """The coverage service of an assets app, asking its instance's ingest with the instance's service client."""
-    i = app.instance
-    ingest = IngestStatus(
-        app.settings.ingest_grpc,  # type: ignore[attr-defined]
-        ClientCredentials(i.oidc_issuer, i.oidc_client_id, i.oidc_client_secret),
-    )
+    ingest = IngestStatus(PeerChannel(app.settings.ingest_grpc, app.instance))  # type: ignore[attr-defined]
     app.background.append(ingest)  # closes its channel and token client when the app stops
     return CoverageService(db=app.db, last_seen=ingest.last_seen)

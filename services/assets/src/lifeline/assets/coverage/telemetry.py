@@ -9,11 +9,10 @@ table, a durable consumer and a migration to rebuild, less exactly, what one pag
 
 from __future__ import annotations
 
-import grpc
 import grpc.aio
 
-from lifeline.kit.auth import ClientCredentials, TokenRequestError
-from lifeline.kit.mirror import grpc_pages
+from lifeline.kit.auth import TokenRequestError
+from lifeline.kit.mirror import PeerChannel, grpc_pages
 from lifeline.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 
@@ -29,24 +28,20 @@ class TelemetryUnavailable(Exception):
 class IngestStatus:
     """Reads ``last_seen_ms`` of every sensor ingest knows in the caller's (the service token's) region."""
 
-    def __init__(self, address: str, credentials: ClientCredentials, *, timeout_s: float = 5.0) -> None:
-        self.address = address
-        self.credentials = credentials
+    def __init__(self, ingest: PeerChannel, *, timeout_s: float = 5.0) -> None:
+        self.ingest = ingest
+        self.stub = telemetry_pb2_grpc.TelemetryQueryStub(ingest.channel)
         self.timeout_s = timeout_s
-        self._channel: grpc.aio.Channel | None = None
 
     async def last_seen(self) -> dict[str, int]:
         """sensor id → last_seen_ms (0: never seen); raises :class:`TelemetryUnavailable`."""
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
-        stub = telemetry_pb2_grpc.TelemetryQueryStub(self._channel)
         out: dict[str, int] = {}
         try:
             async for status in grpc_pages(
-                stub.ListSensorStatus,
+                self.stub.ListSensorStatus,
                 telemetry_pb2.ListSensorStatusRequest(limit=1000),
                 items="sensors",
-                credentials=self.credentials,
+                credentials=self.ingest.credentials,
                 timeout=self.timeout_s,
             ):
                 out[status.sensor_id] = status.last_seen_ms
@@ -57,10 +52,7 @@ class IngestStatus:
         return out
 
     def start(self) -> None:
-        """Nothing to start: the channel is opened on first use (a service part, for ``stop``)."""
+        """Nothing to start (a service part, for ``stop``)."""
 
     async def stop(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-        await self.credentials.aclose()
+        await self.ingest.close()
