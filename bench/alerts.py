@@ -25,7 +25,6 @@ import gc
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,6 @@ from bench.common import (
     Row,
     RssSampler,
     asyncpg_to_sqlalchemy,
-    child_env,
     fresh_pg_database,
     log,
     pg_admin_dsn,
@@ -50,8 +48,8 @@ from bench.common import (
     print_and_clean,
     run_service_bench,
     service_bench_main,
+    start_serve_child,
     stop_process,
-    wait_for_line,
 )
 
 REGION = "340100"
@@ -285,21 +283,6 @@ async def serve() -> int:
     return 0
 
 
-def start_alerts(work: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
-    log_path = work / "alerts.log"
-    with log_path.open("wb") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.alerts", "serve"],
-            stdout=subprocess.PIPE,
-            stderr=logf,
-            stdin=subprocess.DEVNULL,
-            env=child_env({**env, "LIFELINE_ALERTS_HTTP_PORT": "0", "LIFELINE_ALERTS_GRPC_PORT": "0"}),
-            cwd=work,
-        )
-    wait_for_line(proc, "READY", 90, log_path)
-    return proc, log_path
-
-
 # --- latency probes ---------------------------------------------------------------------------------
 
 
@@ -501,7 +484,9 @@ async def bench_backend(backend: str, work: Path, plan: Plan, idp: BenchIdp, tok
             "LIFELINE_INGEST_DATABASE_URL": f"sqlite+aiosqlite:///{work / 'ingest.db'}",
             "LIFELINE_INGEST_SENSORS_FILE": str(sensors_file),
         }
-        alerts, alerts_log = start_alerts(work, env)
+        alerts, _, alerts_log = start_serve_child(
+            "bench.alerts", work, {**env, "LIFELINE_ALERTS_HTTP_PORT": "0", "LIFELINE_ALERTS_GRPC_PORT": "0"}
+        )
         stack.callback(stop_process, alerts, 30)
         sampler.watch("alerts", alerts.pid)
         rss_ready = sampler.current("alerts")

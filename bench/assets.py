@@ -29,7 +29,6 @@ import random
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,6 @@ from bench.common import (
     Row,
     RssSampler,
     asyncpg_to_sqlalchemy,
-    child_env,
     fresh_pg_database,
     log,
     pg_admin_dsn,
@@ -55,8 +53,8 @@ from bench.common import (
     print_and_clean,
     run_service_bench,
     service_bench_main,
+    start_serve_child,
     stop_process,
-    wait_for_line,
 )
 
 REGION = "340100"
@@ -310,21 +308,6 @@ async def serve() -> int:
     return 0
 
 
-def start_server(work: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """``python -m bench.assets serve`` in a child process; it and its HTTP URL once ready."""
-    log_path = work / "assets.log"
-    with log_path.open("wb") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.assets", "serve"],
-            stdout=subprocess.PIPE,
-            stderr=logf,
-            stdin=subprocess.DEVNULL,
-            env=child_env(env),
-            cwd=work,
-        )
-    return proc, wait_for_line(proc, "READY ", 90, log_path).split()[1]
-
-
 # --- one backend -------------------------------------------------------------------------------------------
 
 
@@ -362,7 +345,8 @@ async def bench_backend(backend: str, work: Path, idp: BenchIdp, plan: Plan, pg_
             "LIFELINE_ASSETS_HTTP_PORT": "0",
             "LIFELINE_ASSETS_GRPC_PORT": "0",
         }
-        proc, url = start_server(work, env)
+        proc, ready, _ = start_serve_child("bench.assets", work, env)
+        url = ready.split()[1]
         stack.callback(stop_process, proc, 30)
         sampler = RssSampler().start()
         stack.callback(sampler.stop)

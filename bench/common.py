@@ -435,6 +435,21 @@ def timer() -> Iterator[dict[str, float]]:
         out["s"] = time.perf_counter() - t0
 
 
+def start_serve_child(module: str, work: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """``python -m <module> serve`` in a child process (log: ``work/<name>.log``); it, its READY line, its log."""
+    log_path = work / f"{module.rsplit('.', 1)[-1]}.log"
+    with log_path.open("wb") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, "serve"],
+            stdout=subprocess.PIPE,
+            stderr=logf,
+            stdin=subprocess.DEVNULL,
+            env=child_env(env),
+            cwd=work,
+        )
+    return proc, wait_for_line(proc, "READY", 90, log_path), log_path
+
+
 def child_env(extra: dict[str, str]) -> dict[str, Any]:
     env = dict(os.environ)
     # The bench package is imported from the checkout, wherever the child's cwd is.
