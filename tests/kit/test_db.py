@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from lifeline.kit.db import Database, ReadSessionDep, SessionDep, create_engine
 from lifeline.kit.migrations import migrate
 from lifeline.kit.outbox import outbox_table
+from lifeline.kit.testing.db import terminate_other_sessions
 
 
 class _Base(DeclarativeBase):
@@ -195,19 +196,6 @@ async def test_cancelled_core_transaction_leaves_nothing_and_no_lock(db: Databas
     assert await names(db) == ["after"]
 
 
-async def test_core_transaction_enforces_foreign_keys(database_url: str) -> None:
-    db = Database.from_url(database_url)
-    md = _sqlite_foreign_keys_enforced_schema()
-    try:
-        async with db.engine.begin() as conn:
-            await conn.run_sync(md.create_all)
-        with pytest.raises(sa.exc.IntegrityError):
-            async with db.core_transaction() as tx:
-                await tx.execute(md.tables["child"].insert().values(id=1, pid=42))
-    finally:
-        await db.dispose()
-
-
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_core_transaction_waits_for_the_write_lock_without_blocking_the_loop(db: Database) -> None:
     ticks = 0
@@ -259,22 +247,6 @@ async def test_dialect_and_ping(db: Database, database_url: str) -> None:
     assert await db.ping()
 
 
-async def _kill_sessions(url: str) -> int:
-    """Terminate every other session on the database of ``url``: what a PostgreSQL restart does to a pool."""
-    killer = create_engine(url, pool_size=1, max_overflow=0)
-    try:
-        async with killer.connect() as conn:
-            killed = await conn.scalar(
-                sa.text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            )
-    finally:
-        await killer.dispose()
-    return int(killed or 0)
-
-
 @pytest.mark.postgres
 async def test_pool_recovers_from_a_restarted_postgres(postgres_url: str) -> None:
     db = Database(create_engine(postgres_url, ping_after_idle_s=0.2))
@@ -283,7 +255,7 @@ async def test_pool_recovers_from_a_restarted_postgres(postgres_url: str) -> Non
             await conn.run_sync(_Base.metadata.create_all)
         async with db.transaction() as session:
             session.add(Thing(name="before"))
-        assert await _kill_sessions(postgres_url) >= 1
+        assert await terminate_other_sessions(postgres_url) >= 1
 
         # Idle for longer than ping_after_idle_s: the checkout's ping finds the connection dead and the
         # pool opens another one, so the transaction does not even notice.
@@ -293,7 +265,7 @@ async def test_pool_recovers_from_a_restarted_postgres(postgres_url: str) -> Non
 
         # In steady use there is no ping: at most the first transaction fails (rolled back), and the
         # pool discards every connection it had, so the next one succeeds.
-        assert await _kill_sessions(postgres_url) >= 1
+        assert await terminate_other_sessions(postgres_url) >= 1
         outcomes = []
         for name in ("right after", "next"):
             try:
@@ -370,6 +342,10 @@ async def test_foreign_keys_enforced(database_url: str) -> None:
         with pytest.raises(sa.exc.IntegrityError):
             async with db.transaction() as session:
                 await (await session.connection()).execute(md.tables["child"].insert().values(id=1, pid=42))
+        # A core transaction (on SQLite: a connection of its own) enforces them too.
+        with pytest.raises(sa.exc.IntegrityError):
+            async with db.core_transaction() as tx:
+                await tx.execute(md.tables["child"].insert().values(id=1, pid=42))
     finally:
         await db.dispose()
 

@@ -22,6 +22,7 @@ from lifeline.kit.db import Database, create_engine
 from lifeline.kit.migrations import migrate
 from lifeline.kit.natsserver import NatsServer
 from lifeline.kit.outbox import _RELAY_LOCK_KEY, OutboxRelay, enqueue, outbox_table
+from lifeline.kit.testing.db import terminate_other_sessions
 from lifeline.v1.common_pb2 import Region
 
 ENV_PY = "from lifeline.kit.migrations import run_env\n\nrun_env(target_metadata=None)\n"
@@ -424,13 +425,7 @@ async def test_relay_recovers_when_postgres_drops_its_connection(postgres_url: s
 
         await wait_until(published, 10, "the first events")
         # What a PostgreSQL restart does: every session ends, the relay's (and its lock) included.
-        async with db.engine.connect() as conn:
-            await conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            )
+        await terminate_other_sessions(db.engine.url.render_as_string(hide_password=False))
         for _ in range(3):
             try:
                 expected += await enqueue_many(db, "events.test.restart", 5)

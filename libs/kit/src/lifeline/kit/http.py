@@ -233,7 +233,7 @@ class _FastRoutes:
                 if status >= 500:
                     span.set_status(trace.Status(trace.StatusCode.ERROR))
         except _ClientGone:
-            pass
+            pass  # the client hung up before its answer: no one to answer, the span just ends
         finally:
             otel_context.detach(token)
             span.end()

@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["database_url", "postgres_url", "sqlite_url"]
+__all__ = ["database_url", "postgres_url", "sqlite_url", "terminate_other_sessions"]
 
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 _CONNECT_TIMEOUT = 5.0
@@ -80,3 +80,24 @@ def database_url(request: pytest.FixtureRequest) -> str:
     # Resolved lazily so the SQLite run never touches PostgreSQL (and is never skipped with it).
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
+
+
+async def terminate_other_sessions(url: str) -> int:
+    """Terminate every other session on the PostgreSQL database of ``url`` (what a server restart does to
+    the pools of its clients); returns how many ended."""
+    import sqlalchemy as sa
+
+    from lifeline.kit.db import create_engine
+
+    killer = create_engine(url, pool_size=1, max_overflow=0)
+    try:
+        async with killer.connect() as conn:
+            killed = await conn.scalar(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+    finally:
+        await killer.dispose()
+    return int(killed or 0)
