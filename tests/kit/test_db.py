@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from lifeline.kit.db import Database, ReadSessionDep, SessionDep, create_engine
+from lifeline.kit.db import Database, ReadSessionDep, SessionDep, create_engine, partial_index
 from lifeline.kit.migrations import migrate
 from lifeline.kit.outbox import outbox_table
 from lifeline.kit.testing.db import terminate_other_sessions
@@ -47,6 +47,34 @@ async def names(db: Database) -> list[str]:
     async with db.transaction(readonly=True) as session:
         conn = await session.connection()
         return list((await conn.scalars(sa.select(Thing.name).order_by(Thing.name))).all())
+
+
+async def test_partial_index_on_either_backend(database_url: str) -> None:
+    # One active row per key, any number of inactive ones: the condition reaches PostgreSQL too, though
+    # the model names only SQLite's (partial_index attaches PostgreSQL's when the index is created).
+    md = sa.MetaData()
+    table = sa.Table(
+        "partial_things",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("key", sa.String(10)),
+        sa.Column("active", sa.Boolean),
+        partial_index("uq_partial_things_active", "key", unique=True, where="active"),
+    )
+    db = Database.from_url(database_url)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(md.drop_all)
+            await conn.run_sync(md.create_all)
+            rows = [{"id": i, "key": "a", "active": i == 3} for i in (1, 2, 3)]
+            await conn.execute(sa.insert(table), rows)
+        with pytest.raises(sa.exc.IntegrityError):
+            async with db.engine.begin() as conn:
+                await conn.execute(sa.insert(table), {"id": 4, "key": "a", "active": True})
+    finally:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(md.drop_all)
+        await db.dispose()
 
 
 async def test_committed_transaction_persists(db: Database) -> None:

@@ -44,7 +44,7 @@ from opentelemetry.propagate import extract, inject
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from lifeline.kit.db import CoreTransaction, Database
+from lifeline.kit.db import CoreTransaction, Database, partial_index
 
 if TYPE_CHECKING:
     from alembic.operations import Operations
@@ -97,12 +97,7 @@ class OutboxEvent(_OutboxBase):
     __table_args__ = (
         sa.UniqueConstraint("id", name="uq_outbox_id"),
         # Partial index: the relay's scan stays small however many sent rows are retained.
-        sa.Index(
-            "ix_outbox_unsent",
-            "seq",
-            postgresql_where=sa.text("sent_at IS NULL"),
-            sqlite_where=sa.text("sent_at IS NULL"),
-        ),
+        partial_index("ix_outbox_unsent", "seq", where="sent_at IS NULL"),
     )
 
     seq: Mapped[int] = mapped_column(_SEQ_TYPE, primary_key=True, autoincrement=True)

@@ -10,7 +10,9 @@ inhibiting alerts holding an alert suppressed; ``ctx_*`` alerts' own copy of the
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, text
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+
+from lifeline.kit.db import partial_index
 
 metadata = MetaData()
 
@@ -107,13 +109,7 @@ alerts = Table(
     Column("seq", Integer, nullable=False),
     Column("first_device_time_ms", BigInteger, nullable=False),
     # One open alert per fingerprint: the database refuses a second one whatever the code does.
-    Index(
-        "uq_alerts_open_fingerprint",
-        "fingerprint",
-        unique=True,
-        postgresql_where=text("is_open"),
-        sqlite_where=text("is_open"),
-    ),
+    partial_index("uq_alerts_open_fingerprint", "fingerprint", unique=True, where="is_open"),
     Index("ix_alerts_region_raised", "region", "raised_ms"),
     Index("ix_alerts_due", "due_ms"),
     Index("ix_alerts_facility", "facility_code", "is_open"),

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String, Text, text
+from sqlalchemy import JSON, BigInteger, Column, Integer, String, Text
 from sqlmodel import Field, SQLModel
+
+from lifeline.kit.db import partial_index
 
 
 class FacilityRow(SQLModel, table=True):
@@ -72,15 +74,7 @@ class LinkRow(SQLModel, table=True):
     __tablename__ = "links"
     __table_args__ = (
         # At most one active link of a kind between two facilities; retired ones stay for the history.
-        Index(
-            "uq_links_active",
-            "from_code",
-            "to_code",
-            "kind",
-            unique=True,
-            sqlite_where=text("status = 'active'"),
-            postgresql_where=text("status = 'active'"),
-        ),
+        partial_index("uq_links_active", "from_code", "to_code", "kind", unique=True, where="status = 'active'"),
     )
 
     id: str = Field(sa_column=Column(String(64), primary_key=True))
