@@ -233,7 +233,8 @@ class CoreTransaction:
         """Insert ``row`` into ``table`` just before the commit, one multi-row insert per table."""
         self._at_commit.setdefault(table, []).append(row)
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
+        """Insert the rows waiting for the commit now (the commit does it anyway)."""
         pending, self._at_commit = self._at_commit, {}
         for table, rows in pending.items():
             await self.execute(sa.insert(table), rows)
@@ -311,7 +312,7 @@ class Database:
                 tx = CoreTransaction(conn=conn)
                 async with conn.begin():
                     yield tx
-                    await tx._flush()
+                    await tx.flush()
                     t2 = time.perf_counter()
             t3 = time.perf_counter()
             if t3 - t0 > SLOW_TRANSACTION_S:
@@ -332,7 +333,7 @@ class Database:
             tx = CoreTransaction(sync=direct)
             try:
                 yield tx
-                await tx._flush()
+                await tx.flush()
                 async with self._commit_order:
                     direct.commit()
                     self._committed(tx.info)
