@@ -99,7 +99,9 @@ def create_engine(
         "echo": echo,
         "pool_size": pool_size,
         "max_overflow": max_overflow,
-        "pool_recycle": 1800,
+        # No pool_recycle: it reconnected a connection in steady use every so often, on the hot path (a new
+        # backend, its prepared statements and catalog caches again). What it guards against — a server or
+        # firewall dropping idle connections — is what the ping after idleness (below) catches.
         # LIFO, as on SQLite: the connection just returned is handed out again, so the hot path runs on a
         # connection whose prepared statements (asyncpg's cache) and server-side catalog caches are warm;
         # FIFO rotated through every pooled connection, each paying its first prepares on a raise.
