@@ -62,6 +62,8 @@ SLOW_TRANSACTION_S = 0.05
 # time, at most every CHECKPOINT_INTERVAL_S); SQLite's own stays as a backstop far out (64 MiB of WAL).
 CHECKPOINT_INTERVAL_S = 0.5
 _WAL_BACKSTOP_PAGES = 16_384
+_WAL_RESTART_PAGES = 1_000  # SQLite's own threshold: past it, the WAL is made to start over (_checkpoint)
+_RESTART_WAIT_MS = 200
 
 
 def _is_sqlite(url: URL) -> bool:
@@ -438,9 +440,17 @@ class Database:
         if conn is None:
             assert self._wal_file is not None
             conn = sqlite3.connect(self._wal_file, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=0")
             self._checkpoint_conn = conn
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        # (fetchall: a result left unread would hold a read snapshot, and no writer could restart the WAL)
+        conn.execute("PRAGMA busy_timeout=0")
+        [(_busy, frames, _copied)] = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        if frames > _WAL_RESTART_PAGES:
+            # Frames committed while the passive pass ran are not copied, and the WAL starts over only once
+            # everything is: under steady writes it would grow to the backstop. RESTART waits for the
+            # writer of the moment, holds new ones back (they wait on the event loop, which runs on) while
+            # it copies the few frames left, and the next writer starts the WAL from its beginning.
+            conn.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
+            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
     def _checkpoint_done(self, fut: asyncio.Future[None]) -> None:
         self._checkpointing = None
