@@ -247,6 +247,9 @@ async def declare_streams(js: JetStreamContext, specs: Sequence[StreamSpec] = ST
 
 
 BatchHandler = Callable[[list[Msg]], Awaitable[None]]
+# After the linger: how long the pull for what accumulated may take (the server answers at once, with
+# messages or with "no messages"; more only on a machine too busy to read the answer in time).
+FILL_FETCH_TIMEOUT_S = 0.1
 
 
 class PullConsumer:
@@ -365,15 +368,15 @@ class PullConsumer:
                 await sub.unsubscribe()
 
     async def _fill(self, sub: JetStreamContext.PullSubscription, room: int) -> list[Msg]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.linger
-        more: list[Msg] = []
-        while len(more) < room and (remaining := deadline - loop.time()) > 0.001:
-            try:
-                more += await sub.fetch(room - len(more), timeout=remaining)
-            except (nats.errors.TimeoutError, TimeoutError):
-                break
-        return more
+        # Let the stream collect what arrives during the linger, then take it with one pull request.
+        # (Fetching over and over until the deadline cost a pull request, and a status message back,
+        # for nearly every message arriving one at a time: ~0.3 ms of CPU per message here and as
+        # much again in nats-server.)
+        await asyncio.sleep(self.linger)
+        try:
+            return await sub.fetch(room, timeout=FILL_FETCH_TIMEOUT_S)
+        except (nats.errors.TimeoutError, TimeoutError):
+            return []
 
     async def _handle(self, msgs: list[Msg]) -> None:
         # One span per batch: the child of the first message's trace, linked to the others', so a
