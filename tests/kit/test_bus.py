@@ -87,6 +87,24 @@ async def test_lingering_consumer_takes_a_trickle_in_few_batches_and_pulls(bus: 
     assert pulls <= 10, pulls
 
 
+async def test_lingering_consumer_hands_over_a_message_after_a_quiet_spell_at_once(bus: Bus) -> None:
+    # The linger spaces batches apart; it does not hold back the first message after a quiet spell
+    # (nor, under load, a batch whose predecessor took longer than the linger).
+    subject = unique_subject()
+    got: list[bytes] = []
+
+    async def handler(msgs: list[Msg]) -> None:
+        got.extend(m.data for m in msgs)
+
+    consumer = PullConsumer(
+        bus, stream="EVENTS", durable=f"q{uuid.uuid4().hex[:8]}", handler=handler, filter_subject=subject, linger=3600
+    )
+    consumer.start()
+    await bus.publish(subject, b"first", msg_id=f"{subject}-first")
+    await wait_for(lambda: got == [b"first"])
+    await consumer.stop()
+
+
 async def test_poison_message_goes_to_dead_letter_and_others_pass(bus: Bus) -> None:
     subject = unique_subject()
     durable = f"p{uuid.uuid4().hex[:8]}"
