@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+from sqlalchemy import Engine, event
 
 from lifeline.alerts import models
 from lifeline.alerts.service import AlertsService
@@ -153,3 +156,29 @@ async def test_concurrent_readings_and_status_batches_both_persist_their_rule_st
     finally:
         await db.dispose()
     assert sorted(i["sensor_id"] for i in items) == sorted([a, b])
+
+
+async def test_warm_up_runs_the_writes_of_an_alert_and_keeps_none_of_them(service: AlertsService) -> None:
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()[:3]).upper())
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        await service.warm_up()
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    # What the first real alert of the process would otherwise compile: raise, escalate, clear.
+    for written in ("INSERT INTO ALERTS", "INSERT INTO ALERT_HISTORY", "UPDATE ALERTS SET", "INSERT INTO RULE_STATES"):
+        assert written in statements, (written, statements)
+    assert any(s.startswith("INSERT INTO OUTBOX") for s in statements)
+    # ... all rolled back: no alert, history, rule state or event, and the engine forgot the made-up state.
+    for table in (models.alerts, models.alert_history, models.rule_states):
+        assert await count(service, table) == 0
+    assert await outbox_subjects(service) == []
+    assert not service.engine.states and not service.engine.dirty
+    # The service raises as usual afterwards.
+    _, [sid] = await gas_sensor(service)
+    await service.evaluate([batch([(sid, T0, 70.0), (sid, T0 + 60 * S, 70.0)])])
+    assert await outbox_subjects(service) == ["events.alerts.raised.340104"]

@@ -54,6 +54,57 @@ async def test_consumer_gets_batches_with_trace_context(bus: Bus) -> None:
     assert consumer.processed == 25
 
 
+async def test_lingering_consumer_takes_a_trickle_in_few_batches_and_pulls(bus: Bus) -> None:
+    # Messages arriving one at a time during the linger go to the handler together, and cost the
+    # consumer a few pull requests per batch rather than one (and a status reply) per message.
+    subject = unique_subject()
+    batches: list[int] = []
+
+    async def handler(msgs: list[Msg]) -> None:
+        batches.append(len(msgs))
+
+    consumer = PullConsumer(
+        bus,
+        stream="EVENTS",
+        durable=f"l{uuid.uuid4().hex[:8]}",
+        handler=handler,
+        filter_subject=subject,
+        batch=100,
+        linger=1.0,
+    )
+    consumer.start()
+    await bus.publish(subject, b"warm", msg_id=f"{subject}-warm")
+    await wait_for(lambda: sum(batches) == 1)
+    sent_before = bus.nc.stats["out_msgs"]
+    for i in range(30):
+        await bus.publish(subject, str(i).encode(), msg_id=f"{subject}-{i}")
+        await asyncio.sleep(0.01)
+    await wait_for(lambda: sum(batches) == 31)
+    await consumer.stop()
+    # Sent on the connection: 30 publishes, 30 acks, and the pull requests.
+    pulls = bus.nc.stats["out_msgs"] - sent_before - 60
+    assert len(batches) <= 4, batches
+    assert pulls <= 10, pulls
+
+
+async def test_lingering_consumer_hands_over_a_message_after_a_quiet_spell_at_once(bus: Bus) -> None:
+    # The linger spaces batches apart; it does not hold back the first message after a quiet spell
+    # (nor, under load, a batch whose predecessor took longer than the linger).
+    subject = unique_subject()
+    got: list[bytes] = []
+
+    async def handler(msgs: list[Msg]) -> None:
+        got.extend(m.data for m in msgs)
+
+    consumer = PullConsumer(
+        bus, stream="EVENTS", durable=f"q{uuid.uuid4().hex[:8]}", handler=handler, filter_subject=subject, linger=3600
+    )
+    consumer.start()
+    await bus.publish(subject, b"first", msg_id=f"{subject}-first")
+    await wait_for(lambda: got == [b"first"])
+    await consumer.stop()
+
+
 async def test_poison_message_goes_to_dead_letter_and_others_pass(bus: Bus) -> None:
     subject = unique_subject()
     durable = f"p{uuid.uuid4().hex[:8]}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -324,12 +326,64 @@ async def test_sqlite_pragmas(tmp_path: Path) -> None:
         async with engine.connect() as conn:
             pragmas = {
                 name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
-                for name in ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")
+                for name in ("journal_mode", "foreign_keys", "synchronous", "busy_timeout", "wal_autocheckpoint")
             }
     finally:
         await engine.dispose()
     assert path.exists()  # parent directories were created
-    assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "synchronous": 1, "busy_timeout": 10_000}
+    assert pragmas == {
+        "journal_mode": "wal",
+        "foreign_keys": 1,
+        "synchronous": 1,
+        "busy_timeout": 10_000,
+        "wal_autocheckpoint": 16_384,  # a backstop: commits start checkpoints in a thread (below)
+    }
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def _wal_frames(path: Path) -> int:
+    """Frames in the WAL now (a passive checkpoint of a reader's own reports them, changing nothing else)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][1])
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_commits_leave_wal_checkpoints_to_a_worker_thread(db: Database, database_url: str) -> None:
+    # SQLite checkpoints inside the COMMIT that takes the WAL past 1,000 pages (and syncs the file there):
+    # on the event loop's thread that stalled everything for up to seconds on a busy disk.
+    main_file = Path(sa.engine.make_url(database_url).database or "")
+    blob = "x" * 3000  # about a page per row
+    db.checkpoint_interval_s = 3600.0  # the first commit may start one; then none for the test's length
+    for i in range(0, 1500, 100):
+        async with db.core_transaction() as tx:
+            await tx.execute(sa.insert(things), [{"id": i + k, "name": f"{i + k}{blob}"[:50]} for k in range(100)])
+        async with db.transaction() as session:
+            conn = await session.connection()
+            await conn.execute(sa.text(f"CREATE TABLE IF NOT EXISTS pad{i} (b BLOB)"))
+            await conn.execute(sa.text(f"INSERT INTO pad{i} VALUES (zeroblob(400000))"))
+    wal = main_file.with_name(main_file.name + "-wal")
+    assert _size(wal) > 1_000 * 4096 * 1.2  # past SQLite's own threshold: no commit checkpointed
+    before = _size(main_file)
+    db.checkpoint_interval_s = 0.0
+    async with db.core_transaction() as tx:  # a commit now starts one, in a thread
+        await tx.execute(sa.insert(things), {"id": 99_999, "name": "last"})
+    for _ in range(100):
+        if _size(main_file) > before + 5_000_000:
+            break
+        await asyncio.sleep(0.05)
+    assert _size(main_file) > before + 5_000_000  # the pages left the WAL for the database file
+    # ... and the WAL starts over from its beginning (it does not grow on under steady writes).
+    for i in range(100):
+        async with db.core_transaction() as tx:
+            await tx.execute(sa.insert(things), {"id": 100_000 + i, "name": f"more {i}"})
+        if _wal_frames(main_file) < 100:
+            break
+        await asyncio.sleep(0.05)
+    assert _wal_frames(main_file) < 100
+    assert len(await names(db)) == 1502 + i
 
 
 async def test_sqlite_first_connections_race_to_wal(tmp_path: Path) -> None:

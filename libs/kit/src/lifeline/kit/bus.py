@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -247,6 +248,9 @@ async def declare_streams(js: JetStreamContext, specs: Sequence[StreamSpec] = ST
 
 
 BatchHandler = Callable[[list[Msg]], Awaitable[None]]
+# After the linger: how long the pull for what accumulated may take (the server answers at once, with
+# messages or with "no messages"; more only on a machine too busy to read the answer in time).
+FILL_FETCH_TIMEOUT_S = 0.1
 
 
 class PullConsumer:
@@ -285,9 +289,14 @@ class PullConsumer:
         self.backoff = tuple(backoff)
         self.ack_wait = ack_wait
         self.max_ack_pending = max_ack_pending
-        # Wait up to `linger` seconds to fill a batch: one transaction per many messages is far
-        # cheaper for a writer than one per message, at the price of that much latency.
+        # Start a batch at most every `linger` seconds, letting messages accumulate in between: one
+        # transaction per many messages is far cheaper for a writer than one per message, at the price
+        # of up to that much latency. Measured from the previous batch's start, not from the first
+        # message: a batch whose handling took `linger` or longer is followed at once by the next,
+        # so under load the writer is never idle while messages wait; after a quiet spell the first
+        # message goes at once.
         self.linger = linger
+        self._last_batch_at = -math.inf
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.processed = 0
@@ -351,6 +360,7 @@ class PullConsumer:
                 if self.linger and 0 < len(msgs) < self.batch:
                     msgs += await self._fill(sub, self.batch - len(msgs))
                 if msgs:
+                    self._last_batch_at = asyncio.get_running_loop().time()
                     await self._handle(msgs)
             except asyncio.CancelledError:
                 raise
@@ -365,15 +375,18 @@ class PullConsumer:
                 await sub.unsubscribe()
 
     async def _fill(self, sub: JetStreamContext.PullSubscription, room: int) -> list[Msg]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.linger
-        more: list[Msg] = []
-        while len(more) < room and (remaining := deadline - loop.time()) > 0.001:
-            try:
-                more += await sub.fetch(room - len(more), timeout=remaining)
-            except (nats.errors.TimeoutError, TimeoutError):
-                break
-        return more
+        # Let the stream collect what arrives until the linger is over, then take it with one pull
+        # request. (Fetching over and over until the deadline cost a pull request, and a status
+        # message back, for nearly every message arriving one at a time: ~0.3 ms of CPU per message
+        # here and as much again in nats-server.)
+        wait = self._last_batch_at + self.linger - asyncio.get_running_loop().time()
+        if wait <= 0:
+            return []
+        await asyncio.sleep(wait)
+        try:
+            return await sub.fetch(room, timeout=FILL_FETCH_TIMEOUT_S)
+        except (nats.errors.TimeoutError, TimeoutError):
+            return []
 
     async def _handle(self, msgs: list[Msg]) -> None:
         # One span per batch: the child of the first message's trace, linked to the others', so a

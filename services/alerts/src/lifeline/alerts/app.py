@@ -55,6 +55,7 @@ class AlertsApp(Service):
             db=self.db,
         )
         await self.service.load()
+        await self.service.warm_up()
         census = PullConsumer(
             self.bus,
             stream="EVENTS",

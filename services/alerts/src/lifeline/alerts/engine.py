@@ -524,6 +524,12 @@ class Engine:
                 self._batch.states[fingerprint] = None
         return st
 
+    def touched_state(self, fingerprint: str, rule: RuleSpec, subject: str) -> RuleState:
+        """The state of ``fingerprint`` (made if new), marked changed in this batch: ``rollback`` undoes it."""
+        st = self._state(fingerprint, rule, subject)
+        self._touch(st)
+        return st
+
     def _touch(self, st: RuleState) -> None:
         """About to change a state: remember how it was before the batch and mark it to be written."""
         if self._batch is not None and st.fingerprint not in self._batch.states:

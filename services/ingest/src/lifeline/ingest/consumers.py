@@ -13,11 +13,10 @@ from lifeline.kit.bus import Bus, BusUnavailable
 from lifeline.kit.problems import ProblemError
 from lifeline.v1 import telemetry_pb2
 
-from .endpoints import parse_batch, render_results
+from .endpoints import parse_readings, render_results
 from .registry import RegistryNotReady
 from .service import IngestService
 from .settings import IngestSettings
-from .validation import from_json
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +71,8 @@ class MqttHandler:
         try:
             if len(msg.data) > self.settings.max_body_bytes:
                 raise ProblemError(413, detail="ingest.body_too_large", params={"max": self.settings.max_body_bytes})
-            items = parse_batch(msg.data, self.settings.max_batch)
-            outcomes = await self.service.ingest([from_json(x) for x in items], principal, source=f"mqtt:{client}")
+            items = parse_readings(msg.data, self.settings.max_batch)
+            outcomes = await self.service.ingest(items, principal, source=f"mqtt:{client}")
             body = render_results(outcomes, lang)
         except ProblemError as problem:
             # A message that can never be valid is answered and acknowledged, not redelivered.

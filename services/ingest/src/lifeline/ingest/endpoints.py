@@ -19,7 +19,7 @@ from .registry import RegistryNotReady
 from .schemas import IngestResultPublic, LatestPublic, ReadingsIn, ReadingsPage, SensorStatusPage
 from .service import QUALITY_NAMES, STATE_NAMES, STATUS_NAME, IngestQueries, IngestService, Outcome
 from .settings import IngestSettings
-from .validation import REASON_NAME, from_json, parse_time
+from .validation import REASON_NAME, Rejection, from_json, parse_time, pick_plain_json
 
 router = APIRouter(prefix="/v1", tags=["readings"])
 
@@ -70,6 +70,15 @@ _json = msgspec.json.Encoder()
 
 def body_too_large(limit: int) -> ProblemError:
     return ProblemError(413, detail="ingest.body_too_large", params={"max": limit})
+
+
+def parse_readings(body: bytes, max_batch: int) -> list[tuple[str, int, Any, str, Any] | Rejection]:
+    """Every reading of a JSON body picked by `from_json`, or a problem for the whole request."""
+    picked = pick_plain_json(body)
+    if picked is None or len(picked) > max_batch:
+        # The generic way, which says what is wrong with the body or with which reading.
+        return [from_json(x) for x in parse_batch(body, max_batch)]
+    return picked
 
 
 def parse_batch(body: bytes, max_batch: int) -> list[Any]:
@@ -132,11 +141,15 @@ def render_results(outcomes: list[Outcome], lang: str) -> bytes:
 
 
 async def ingest_items(
-    service: IngestService, items: list[Any], principal: Principal, retry_after_s: int, source: str | None
+    service: IngestService,
+    items: list[tuple[str, int, Any, str, Any] | Rejection],
+    principal: Principal,
+    retry_after_s: int,
+    source: str | None,
 ) -> list[Outcome]:
     """Run the batch through the service; a bus outage or an unloaded registry becomes 503 with Retry-After."""
     try:
-        return await service.ingest([from_json(x) for x in items], principal, source=source)
+        return await service.ingest(items, principal, source=source)
     except (BusUnavailable, RegistryNotReady) as exc:
         raise unavailable(exc, retry_after_s) from exc
 
@@ -155,7 +168,7 @@ async def accept_readings(request: FastRequest) -> FastResponse:
     state = request.app.state
     settings: IngestSettings = state.settings
     body = await request.body(settings.max_body_bytes, body_too_large)
-    items = parse_batch(body, settings.max_batch)
+    items = parse_readings(body, settings.max_batch)
     outcomes = await ingest_items(state.ingest, items, principal, settings.retry_after_s, request.client)
     lang = i18n.negotiate(headers.get("accept-language"))
     return FastResponse(render_results(outcomes, lang))

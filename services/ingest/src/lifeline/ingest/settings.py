@@ -41,7 +41,8 @@ class IngestSettings(ServiceSettings):
     # SQLite page cache of the storing process's connections: room for the index pages the inserts
     # touch (about one per sensor); the default 2 MiB holds ~500 sensors' worth.
     sqlite_cache_mib: int = Field(default=16, ge=2)
-    # How long the storing consumer waits to fill a batch (storage latency, not acknowledgement latency).
+    # The storing consumer starts a transaction at most this often, letting messages accumulate in between
+    # (storage latency, not acknowledgement latency); a transaction that took longer is followed at once.
     consumer_linger_s: float = 0.25
     # Recent readings per sensor the front door answers duplicate/conflict for without storage.
     dedup_per_sensor: int = Field(default=128, ge=2)
