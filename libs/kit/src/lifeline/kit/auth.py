@@ -243,8 +243,9 @@ class RsaPublicKey:
         n_raw, e_raw = entry["n"], entry["e"]
         if not isinstance(n_raw, str) or not isinstance(e_raw, str):
             raise ValueError("n and e must be base64url strings")
-        n = int.from_bytes(_b64url_bytes(n_raw), "big")
-        e = int.from_bytes(_b64url_bytes(e_raw), "big")
+        # Padding is tolerated here (a publisher's habit, and the key is not part of what was signed).
+        n = int.from_bytes(_b64url_bytes(n_raw.rstrip("=")), "big")
+        e = int.from_bytes(_b64url_bytes(e_raw.rstrip("=")), "big")
         if n.bit_length() < 512 or n % 2 == 0 or not 3 <= e < n or e % 2 == 0:
             raise ValueError("not an RSA public key")
         return cls(n, e)
