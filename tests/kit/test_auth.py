@@ -263,48 +263,6 @@ async def test_signed_by_another_key_with_real_kid(
     await expect(verifier, forged.serialize(compact=True), "invalid_token")
 
 
-async def test_mangled_signatures(verifier: TokenVerifier, token_factory: TokenFactory) -> None:
-    # kit.auth checks RS256 itself (RsaPublicKey): a signature that is not exactly the key's is refused.
-    token = await token_factory("svc")
-    await verifier.verify(token)
-    h, p, s = token.split(".")
-    sig = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
-    key = next(iter(verifier._keys.values()))
-    for bad in (
-        b64(bytes([sig[0] ^ 1]) + sig[1:]),  # one bit off
-        b64(sig[:-1]),  # short
-        b64(b"\x00" + sig),  # same number, one byte longer
-        b64(key.n.to_bytes(len(sig), "big")),  # not below the modulus
-        s + "==",  # padded
-        s[:-2] + "!!",  # outside the alphabet
-        "",
-    ):
-        await expect(verifier, f"{h}.{p}.{bad}", "invalid_token")
-
-
-def test_rs256_against_jwcrypto() -> None:
-    """RsaPublicKey agrees with an independent implementation on signatures of several key sizes."""
-    from lifeline.kit.auth import RsaPublicKey
-
-    for size in (2048, 3072, 4096):
-        private = jwk.JWK.generate(kty="RSA", size=size)
-        other = jwk.JWK.generate(kty="RSA", size=size)
-        key = RsaPublicKey.from_jwk(private.export_public(as_dict=True))
-        for payload in (b"{}", json.dumps({"n": size}).encode()):
-            signed = jws.JWS(payload)
-            signed.add_signature(private, alg="RS256", protected=json.dumps({"alg": "RS256"}))
-            h, p, s = signed.serialize(compact=True).split(".")
-            signature = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
-            assert key.verify_rs256(f"{h}.{p}".encode(), signature)
-            assert not key.verify_rs256(f"{h}.{p}x".encode(), signature)
-            forged = jws.JWS(payload)
-            forged.add_signature(other, alg="RS256", protected=json.dumps({"alg": "RS256"}))
-            fs = forged.serialize(compact=True).split(".")[2]
-            assert not key.verify_rs256(f"{h}.{p}".encode(), base64.urlsafe_b64decode(fs + "=" * (-len(fs) % 4)))
-    with pytest.raises(ValueError):
-        RsaPublicKey.from_jwk({"n": b64((2**2048 + 2).to_bytes(257, "big")), "e": "AQAB"})  # even modulus
-
-
 async def test_issuer_unreachable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -223,20 +223,18 @@ _SERVICES_SAY_WHAT_THEY_IMPORTED = (
     "import sys\n"
     "from lifeline.launcher import cli\n"
     "import lifeline.ingest.app, lifeline.alerts.app, lifeline.kit.migrations\n"
-    "from lifeline.kit.auth import ClientCredentials, TokenVerifier\n"
+    "from lifeline.kit.auth import TokenVerifier\n"
     "TokenVerifier('http://127.0.0.1:1/realms/x', 'lifeline')\n"
-    "ClientCredentials('http://127.0.0.1:1/realms/x', 'svc', 'secret')\n"
-    "unused = ('sqlalchemy.dialects.postgresql', 'jwcrypto', 'cryptography', 'keycloak', 'requests', 'rich',\n"
-    "          'pygments', 'watchfiles')\n"
+    "unused = ('sqlalchemy.dialects.postgresql', 'keycloak', 'requests', 'rich', 'pygments', 'watchfiles')\n"
     "print(sorted(m for m in unused if sys.modules.get(m) is not None))\n"
 )
 
 
 def test_services_on_sqlite_import_nothing_they_do_not_use() -> None:
     # RSS of ingest and alerts (issues #2, #4): SQLAlchemy's PostgreSQL dialect (~4.6 MB) only on
-    # PostgreSQL, RS256 and the client-credentials grant without jwcrypto, cryptography and
-    # python-keycloak (~9 and ~18 MB), neither httpx's command line (rich, pygments) nor uvicorn's
-    # --reload watcher (~3 MB).
+    # PostgreSQL, python-keycloak (~18 MB) only in a process that fetches service tokens
+    # (ClientCredentials), neither httpx's command line (rich, pygments) nor uvicorn's --reload
+    # watcher (~3 MB).
     cmd = [sys.executable, "-c", _SERVICES_SAY_WHAT_THEY_IMPORTED]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"

@@ -11,7 +11,7 @@ not-before. A valid token becomes a :class:`Principal`: roles come from ``realm_
 - Outgoing calls: :class:`ClientCredentials` obtains and caches service tokens.
 
 The issuer is Keycloak in production and the dev provider (deploy/dev-idp) in development and tests;
-both serve ``<base>/realms/<realm>/protocol/openid-connect/...``, so the same requests go to either.
+both serve ``<base>/realms/<realm>/protocol/openid-connect/...``, so python-keycloak talks to either.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import asyncio
 import base64
 import binascii
 import contextvars
-import hashlib
-import hmac
 import inspect
 import json
 import logging
@@ -36,6 +34,8 @@ import grpc
 import grpc.aio
 import httpx
 from fastapi import Depends, HTTPException, Request
+from jwcrypto import jwk, jws
+from jwcrypto.common import JWException
 
 __all__ = [
     "DEFAULT_PUBLIC_METHODS",
@@ -45,7 +45,6 @@ __all__ = [
     "ClientCredentials",
     "Principal",
     "PrincipalDep",
-    "RsaPublicKey",
     "TokenRequestError",
     "TokenVerifier",
     "authenticate",
@@ -212,61 +211,6 @@ def _b64json(part: str, what: str) -> dict[str, Any]:
     return value
 
 
-def _b64url_bytes(part: str) -> bytes:
-    """Strict base64url without padding (RFC 7515 §2): anything outside the alphabet is refused."""
-    if "=" in part:
-        raise ValueError("padded base64url")
-    return base64.b64decode(part + "=" * (-len(part) % 4), altchars=b"-_", validate=True)
-
-
-# DER of the DigestInfo prefix for SHA-256 (RFC 8017 §9.2, note 1).
-_SHA256_DIGEST_INFO: Final = bytes.fromhex("3031300d060960864801650304020105000420")
-
-
-@dataclass(frozen=True, slots=True)
-class RsaPublicKey:
-    """An RSA public key of a JWKS, verifying RS256 (RSASSA-PKCS1-v1_5 with SHA-256, RFC 8017 §8.2.2).
-
-    Verification needs only the public key and Python's own big integers, so a service does not load
-    jwcrypto and cryptography (their modules and cryptography's native library: ~9 MB of RSS in every
-    process) for it. As RFC 8017 prescribes, the expected encoding of the digest is built and compared
-    whole with the signature's; nothing is parsed out of the signature (parsing verifiers are the ones
-    that accepted forged signatures). Everything here is public, so timing reveals nothing secret.
-    """
-
-    n: int
-    e: int
-
-    @classmethod
-    def from_jwk(cls, entry: Mapping[str, Any]) -> RsaPublicKey:
-        """The key of a JWK's public parameters ``n`` and ``e``; ValueError if they are not a usable key."""
-        n_raw, e_raw = entry["n"], entry["e"]
-        if not isinstance(n_raw, str) or not isinstance(e_raw, str):
-            raise ValueError("n and e must be base64url strings")
-        # Padding is tolerated here (a publisher's habit, and the key is not part of what was signed).
-        n = int.from_bytes(_b64url_bytes(n_raw.rstrip("=")), "big")
-        e = int.from_bytes(_b64url_bytes(e_raw.rstrip("=")), "big")
-        if n.bit_length() < 512 or n % 2 == 0 or not 3 <= e < n or e % 2 == 0:
-            raise ValueError("not an RSA public key")
-        return cls(n, e)
-
-    def verify_rs256(self, signing_input: bytes, signature: bytes) -> bool:
-        """Whether ``signature`` is this key's RS256 signature of ``signing_input``."""
-        size = (self.n.bit_length() + 7) // 8
-        if len(signature) != size:
-            return False
-        s = int.from_bytes(signature, "big")
-        if s >= self.n:
-            return False
-        encoded = pow(s, self.e, self.n).to_bytes(size, "big")
-        digest = hashlib.sha256(signing_input).digest()
-        padding = size - 3 - len(_SHA256_DIGEST_INFO) - len(digest)
-        if padding < 8:
-            return False
-        expected = b"\x00\x01" + b"\xff" * padding + b"\x00" + _SHA256_DIGEST_INFO + digest
-        return hmac.compare_digest(encoded, expected)
-
-
 class TokenVerifier:
     """Validates RS256 access tokens of one issuer and audience against the issuer's JWKS."""
 
@@ -288,14 +232,14 @@ class TokenVerifier:
         # How many times the JWKS was fetched: observable so tests and metrics can see refetch storms.
         self.jwks_fetches = 0
         self._http = http_client
-        self._keys: dict[str, RsaPublicKey] = {}
+        self._keys: dict[str, jwk.JWK] = {}
         self._fetched_at: float | None = None  # monotonic time of the last fetch attempt
         self._loaded_at: float | None = None  # monotonic time of the last successful fetch
         self._lock = asyncio.Lock()
         self._verified: dict[str, tuple[Principal, float]] = {}
         # Keys come by OpenID discovery (issuer/.well-known/openid-configuration → jwks_uri), which
         # Keycloak and the dev provider both serve. Services only verify, so they need no Keycloak
-        # client library in memory (python-keycloak costs ~18-30 MB of RSS); nor does ClientCredentials.
+        # client library in memory (python-keycloak costs ~30 MB of RSS); ClientCredentials uses it.
 
     async def aclose(self) -> None:
         """Nothing to release: discovery uses a short-lived httpx client or the caller's."""
@@ -336,7 +280,7 @@ class TokenVerifier:
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             log.warning("cannot fetch JWKS of %s: %s", self.issuer, exc)
             raise AuthError("issuer_unavailable", f"cannot fetch the signing keys of {self.issuer}") from exc
-        keys: dict[str, RsaPublicKey] = {}
+        keys: dict[str, jwk.JWK] = {}
         for entry in data.get("keys", []):
             if not isinstance(entry, dict) or entry.get("kty") != "RSA":
                 continue
@@ -345,8 +289,8 @@ class TokenVerifier:
             try:
                 # Only the public parameters: a JWKS must never carry private ones, and if it did we
                 # would not want them in memory.
-                key = RsaPublicKey.from_jwk(entry)
-            except (KeyError, ValueError) as exc:
+                key = jwk.JWK(kty="RSA", n=entry["n"], e=entry["e"])
+            except (KeyError, ValueError, JWException) as exc:
                 log.warning("ignoring malformed JWK %s from %s: %s", entry.get("kid"), self.issuer, exc)
                 continue
             keys[str(entry.get("kid", ""))] = key
@@ -358,7 +302,7 @@ class TokenVerifier:
             return True
         return kid not in self._keys and not (kid is None and len(self._keys) == 1)
 
-    async def _key_for(self, kid: str | None) -> RsaPublicKey:
+    async def _key_for(self, kid: str | None) -> jwk.JWK:
         if self._needs_fetch(kid):
             async with self._lock:
                 # Another request may have refreshed while this one waited for the lock; and refetches
@@ -413,15 +357,19 @@ class TokenVerifier:
             raise AuthError("invalid_token", "token 'kid' is not a string")
         key = await self._key_for(kid)
 
+        signed = jws.JWS()
+        signed.allowed_algs = [_ALLOWED_ALG]
         try:
-            signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
-            signature = _b64url_bytes(parts[2])
-        except (UnicodeEncodeError, binascii.Error, ValueError) as exc:
+            signed.deserialize(token)
+            signed.verify(key, alg=_ALLOWED_ALG)
+        except JWException as exc:
             raise AuthError("invalid_token", "token signature is invalid") from exc
-        if not key.verify_rs256(signing_input, signature):
-            raise AuthError("invalid_token", "token signature is invalid")
-        # The payload decoded before is the one signed: its claims are now verified.
-        claims = unverified
+        try:
+            claims = json.loads(signed.payload)
+        except ValueError as exc:
+            raise AuthError("invalid_token", "token payload is not JSON") from exc
+        if not isinstance(claims, dict):
+            raise AuthError("invalid_token", "token payload is not a JSON object")
         self._check_claims(claims)
         return claims
 
@@ -725,13 +673,7 @@ def _reset(token: contextvars.Token[Principal | None]) -> None:
 
 
 class ClientCredentials:
-    """Obtains service access tokens by the client-credentials grant and caches them until near expiry.
-
-    A form POST to the issuer's token endpoint (Keycloak's path, which the dev provider serves too) with
-    httpx: every service that calls a peer (ingest's and alerts' census from assets) holds one, and
-    python-keycloak (requests, urllib3, charset-normalizer and its own modules) cost such a process
-    ~18 MB of RSS for this one request.
-    """
+    """Obtains service access tokens by the client-credentials grant and caches them until near expiry."""
 
     def __init__(
         self,
@@ -741,21 +683,22 @@ class ClientCredentials:
         *,
         refresh_margin: float = 30.0,
         scope: str = "openid",
-        timeout: float = 10.0,
     ) -> None:
-        if split_issuer(issuer) is None:
+        split = split_issuer(issuer)
+        if split is None:
             raise ValueError(f"issuer {issuer!r} is not of the form <base>/realms/<realm>")
+        server_url, realm = split
         self.issuer = issuer.rstrip("/")
         self.client_id = client_id
         self.refresh_margin = refresh_margin
         self.token_requests = 0  # observable for tests and metrics
-        self._form = {
-            "grant_type": "client_credentials",
-            "client_id": client_id,
-            "client_secret": client_secret,
-            "scope": scope,
-        }
-        self._http = httpx.AsyncClient(timeout=timeout)
+        self._scope = scope
+        # Imported here: only clients of other services (simulator, partners, federation) need it.
+        from keycloak import KeycloakOpenID
+
+        self._keycloak = KeycloakOpenID(
+            server_url=server_url, realm_name=realm, client_id=client_id, client_secret_key=client_secret
+        )
         self._token: str | None = None
         self._refresh_at = 0.0
         self._lock = asyncio.Lock()
@@ -770,7 +713,14 @@ class ClientCredentials:
                 return self._token
             started = time.monotonic()
             self.token_requests += 1
-            response = await self._request()
+            from keycloak.exceptions import KeycloakError
+
+            try:
+                response = await self._keycloak.a_token(grant_type="client_credentials", scope=self._scope)
+            except KeycloakError as exc:
+                raise TokenRequestError(
+                    f"client {self.client_id!r} could not obtain a token from {self.issuer}: {exc}"
+                ) from exc
             access = response.get("access_token")
             if not isinstance(access, str) or not access:
                 raise TokenRequestError(f"{self.issuer} returned no access_token for {self.client_id!r}")
@@ -782,23 +732,6 @@ class ClientCredentials:
             self._refresh_at = started + lifetime - margin
             return access
 
-    async def _request(self) -> dict[str, Any]:
-        failed = f"client {self.client_id!r} could not obtain a token from {self.issuer}"
-        try:
-            resp = await self._http.post(f"{self.issuer}/protocol/openid-connect/token", data=self._form)
-        except httpx.HTTPError as exc:
-            raise TokenRequestError(f"{failed}: {exc}") from exc
-        if resp.status_code != 200:
-            # The OAuth error (RFC 6749 §5.2: error, error_description) says why, e.g. invalid_client.
-            raise TokenRequestError(f"{failed}: {resp.status_code}: {resp.text[:300]}")
-        try:
-            body = resp.json()
-        except ValueError as exc:
-            raise TokenRequestError(f"{failed}: the answer is not JSON") from exc
-        if not isinstance(body, dict):
-            raise TokenRequestError(f"{failed}: the answer is not a JSON object")
-        return body
-
     async def authorization(self) -> str:
         """The ``Authorization`` header value (``Bearer <token>``)."""
         return f"Bearer {await self.token()}"
@@ -809,5 +742,5 @@ class ClientCredentials:
         self._refresh_at = 0.0
 
     async def aclose(self) -> None:
-        """Release the HTTP connections to the issuer."""
-        await self._http.aclose()
+        """Release the HTTP connections of the python-keycloak client."""
+        await self._keycloak.connection.aclose()
