@@ -30,7 +30,9 @@ _PG_INSERT = (
     "$6::bigint[], $7::varchar[]) ON CONFLICT (sensor_key, device_time_ms) DO NOTHING"
 )
 _SQLITE_NEW_KEY = "INSERT INTO sensor_keys (sensor_id) VALUES (?) ON CONFLICT (sensor_id) DO NOTHING"
-_PG_NEW_KEYS = "INSERT INTO sensor_keys (sensor_id) SELECT * FROM unnest($1::varchar[]) ON CONFLICT (sensor_id) DO NOTHING"
+_PG_NEW_KEYS = (
+    "INSERT INTO sensor_keys (sensor_id) SELECT * FROM unnest($1::varchar[]) ON CONFLICT (sensor_id) DO NOTHING"
+)
 # Sensor ids bound per look-up statement (SQLite allows 32,766 parameters; PostgreSQL 65,535).
 _KEY_LOOKUP_CHUNK = 1_000
 
@@ -56,7 +58,9 @@ async def sensor_keys(*, session: AsyncSession, sensor_ids: Collection[str], cre
     ids = list(sensor_ids)
     found: dict[str, int] = {}
     for i in range(0, len(ids), _KEY_LOOKUP_CHUNK):
-        res = await conn.execute(select(c.sensor_id, c.sensor_key).where(c.sensor_id.in_(ids[i : i + _KEY_LOOKUP_CHUNK])))
+        res = await conn.execute(
+            select(c.sensor_id, c.sensor_key).where(c.sensor_id.in_(ids[i : i + _KEY_LOOKUP_CHUNK]))
+        )
         found.update((r[0], r[1]) for r in res)
     return found
 
