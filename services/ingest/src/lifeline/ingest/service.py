@@ -253,7 +253,7 @@ class IngestService:
         seen: dict[str, int] = {}
         stored = 0
         keys = self.sensor_keys
-        key_of = keys.get
+        key_of = keys
         created: dict[str, int] = {}
         with tracer.start_as_current_span("ingest.persist") as span:
             async with self.db.transaction() as session:
@@ -265,14 +265,15 @@ class IngestService:
                     region = batch.region
                     for r in batch.readings:
                         sid, ts = r.sensor_id, r.device_time_ms
-                        key = key_of(sid)
-                        if key is None:
+                        try:
+                            key = key_of[sid]
+                        except KeyError:
                             # A sensor without a known key: key every such sensor of this call at once.
                             created = await repository.sensor_keys(
                                 session=session, sensor_ids=_unkeyed(batches, keys), create=True
                             )
-                            key_of = {**keys, **created}.get
-                            key = key_of(sid)
+                            key_of = {**keys, **created}
+                            key = key_of[sid]
                         row = (key, ts, r.value, r.unit, r.quality, received, region)
                         append(row)
                         seen[sid] = received
