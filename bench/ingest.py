@@ -176,12 +176,12 @@ def accepted_payload(readings: list[tuple[str, int, float]]) -> bytes:
     return msg.SerializeToString()
 
 
-def rows_of(readings: list[tuple[str, int, float]], received_ms: int) -> list[tuple[Any, ...]]:
+def rows_of(readings: list[tuple[str, int, float]], received_ms: int, key_of: dict[str, int]) -> list[tuple[Any, ...]]:
     """The readings as rows of the ``readings`` table (column order of READING_COLUMNS)."""
-    return [(s, t, v, UNIT, 1, received_ms, REGION) for s, t, v in readings]
+    return [(key_of[s], t, v, UNIT, 1, received_ms, REGION) for s, t, v in readings]
 
 
-READING_COLUMNS = ("sensor_id", "device_time_ms", "value", "unit", "quality", "received_ms", "region")
+READING_COLUMNS = ("sensor_key", "device_time_ms", "value", "unit", "quality", "received_ms", "region")
 
 
 # --- limits ------------------------------------------------------------------------------------------
@@ -276,10 +276,12 @@ async def sqlite_insert_limit(path: Path, clock: Clock, seconds: float) -> float
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executemany("INSERT INTO sensor_keys (sensor_id) VALUES (?)", [(sid,) for sid in clock.ids])
+        key_of = dict(conn.execute("SELECT sensor_id, sensor_key FROM sensor_keys").fetchall())
         sql = f"INSERT INTO readings ({', '.join(READING_COLUMNS)}) VALUES ({', '.join('?' * len(READING_COLUMNS))})"
         rows_done, busy = 0, 0.0
         while busy < seconds:
-            rows = rows_of(clock.take(LIMIT_TXN_ROWS), time.time_ns() // 1_000_000)
+            rows = rows_of(clock.take(LIMIT_TXN_ROWS), time.time_ns() // 1_000_000, key_of)
             t0 = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(sql, rows)
@@ -298,9 +300,11 @@ async def pg_copy_limit(dsn: str, clock: Clock, seconds: float) -> float:
     await migrate_ingest_schema(asyncpg_to_sqlalchemy(dsn))
     conn = await asyncpg.connect(dsn)
     try:
+        await conn.executemany("INSERT INTO sensor_keys (sensor_id) VALUES ($1)", [(sid,) for sid in clock.ids])
+        key_of = dict(await conn.fetch("SELECT sensor_id, sensor_key FROM sensor_keys"))
         rows_done, busy = 0, 0.0
         while busy < seconds:
-            rows = rows_of(clock.take(LIMIT_TXN_ROWS), time.time_ns() // 1_000_000)
+            rows = rows_of(clock.take(LIMIT_TXN_ROWS), time.time_ns() // 1_000_000, key_of)
             t0 = time.perf_counter()
             await conn.copy_records_to_table("readings", records=rows, columns=list(READING_COLUMNS))
             busy += time.perf_counter() - t0

@@ -32,7 +32,9 @@ def stored(db: Path) -> list[tuple[str, int, float]]:
         return []
     with sqlite3.connect(db, timeout=10) as conn:
         try:
-            return conn.execute("SELECT sensor_id, device_time_ms, value FROM readings").fetchall()
+            return conn.execute(
+                "SELECT k.sensor_id, r.device_time_ms, r.value FROM readings r JOIN sensor_keys k USING (sensor_key)"
+            ).fetchall()
         except sqlite3.OperationalError:
             return []
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from lifeline.ingest.app import IngestApp
-from lifeline.ingest.models import latest_table, readings_table
+from lifeline.ingest.models import latest_table, readings_table, sensor_keys_table
 
 
 def now_ms() -> int:
@@ -21,13 +21,14 @@ def reading(sensor: str = "GAS-CH4-1", ts: int | None = None, value: float = 1.0
 
 
 async def stored_rows(app: IngestApp) -> list[tuple[str, int, float]]:
+    r, k = readings_table.c, sensor_keys_table.c
     async with app.db.transaction() as s:
         res = await (await s.connection()).execute(
-            select(readings_table.c.sensor_id, readings_table.c.device_time_ms, readings_table.c.value).order_by(
-                readings_table.c.sensor_id, readings_table.c.device_time_ms
-            )
+            select(k.sensor_id, r.device_time_ms, r.value)
+            .join_from(readings_table, sensor_keys_table, r.sensor_key == k.sensor_key)
+            .order_by(k.sensor_id, r.device_time_ms)
         )
-        return [tuple(r) for r in res]  # type: ignore[misc]
+        return [tuple(row) for row in res]  # type: ignore[misc]
 
 
 async def count_rows(app: IngestApp) -> int:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import select
 
 from lifeline.ingest import repository
 from lifeline.ingest.app import IngestApp
-from lifeline.ingest.models import latest_table
+from lifeline.ingest.models import latest_table, sensor_keys_table
+from lifeline.kit.db import Database
 from lifeline.v1 import common_pb2
 from lifeline.v1 import telemetry_pb2 as T
 
@@ -59,9 +62,11 @@ async def test_batches_out_of_order_and_redelivered_store_once_and_keep_the_newe
 
 async def test_readings_are_written_inside_the_callers_transaction(ingest: IngestApp):
     t = now_ms() - 3_600_000
+    async with ingest.db.transaction() as session:
+        key = (await repository.sensor_keys(session=session, sensor_ids={"GAS-CH4-1"}, create=True))["GAS-CH4-1"]
 
     def row(ts: int) -> tuple[object, ...]:
-        return ("GAS-CH4-1", ts, 1.0, "%LEL", common_pb2.QUALITY_GOOD, t, "340100")
+        return (key, ts, 1.0, "%LEL", common_pb2.QUALITY_GOOD, t, "340100")
 
     async with ingest.db.transaction() as session:
         await repository.insert_readings(session=session, rows=[row(t)])
@@ -73,3 +78,56 @@ async def test_readings_are_written_inside_the_callers_transaction(ingest: Inges
                 await repository.insert_readings(session=session, rows=rows)
                 raise RuntimeError("after the insert")
     assert await stored_rows(ingest) == [("GAS-CH4-1", t, 1.0)]
+
+
+async def sensor_key_rows(app: IngestApp, sensor: str) -> list[int]:
+    c = sensor_keys_table.c
+    async with app.db.transaction() as s:
+        return list((await (await s.connection()).execute(select(c.sensor_key).where(c.sensor_id == sensor))).scalars())
+
+
+async def test_a_rolled_back_transaction_leaves_no_sensor_key_behind(ingest: IngestApp, monkeypatch):
+    # Keys are created in the storing transaction; one that is rolled back must not leave its keys in
+    # the process's map, or the next readings of the sensor would be stored under a key that is not.
+    t = now_ms() - 3_600_000
+    sensor = "GAS-CH4-1"
+
+    async def failing_upsert(**_kwargs: object) -> None:
+        raise RuntimeError("the transaction fails after its readings")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(repository, "upsert_latest", failing_upsert)
+        with pytest.raises(RuntimeError):
+            await ingest.service.persist([accepted(t, (sensor, t, 1.0))])
+    assert sensor not in ingest.service.sensor_keys
+    assert await sensor_key_rows(ingest, sensor) == []
+
+    await ingest.service.persist([accepted(t, (sensor, t, 1.0))])
+    assert ingest.service.sensor_keys[sensor] in await sensor_key_rows(ingest, sensor)
+    assert await stored_rows(ingest) == [(sensor, t, 1.0)]
+
+
+async def test_two_transactions_creating_the_same_sensor_key_both_succeed_with_one_key(
+    ingest: IngestApp, database_url: str
+):
+    # Two storage processes (here: two connection pools) meet a new sensor at once. The second waits
+    # for the first's outcome (PostgreSQL: the unique index; SQLite: the write lock) and reads its key.
+    other = Database.from_url(database_url)
+    sensor = "NEW-SENSOR-1"
+
+    async def create_key(db: Database) -> dict[str, int]:
+        async with db.transaction() as s:
+            return await repository.sensor_keys(session=s, sensor_ids={sensor, "GAS-CH4-2"}, create=True)
+
+    try:
+        async with ingest.db.transaction() as s:
+            first = await repository.sensor_keys(session=s, sensor_ids={sensor}, create=True)
+            second = asyncio.create_task(create_key(other))
+            await asyncio.sleep(0.3)
+            assert not second.done()
+        keys = await second
+    finally:
+        await other.dispose()
+    assert keys[sensor] == first[sensor]
+    assert await sensor_key_rows(ingest, sensor) == [first[sensor]]
+    assert keys["GAS-CH4-2"] != first[sensor]

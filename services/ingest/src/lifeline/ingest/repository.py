@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import and_, func, select, tuple_, update
@@ -11,28 +11,63 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from lifeline.v1 import telemetry_pb2
 
-from .models import latest_table, readings_table
+from .models import latest_table, readings_table, sensor_keys_table
 
 ONLINE = telemetry_pb2.SENSOR_STATE_ONLINE
 OFFLINE = telemetry_pb2.SENSOR_STATE_OFFLINE
 
 
-READING_COLUMNS = ("sensor_id", "device_time_ms", "value", "unit", "quality", "received_ms", "region")
+# Readings are keyed by the sensor's integer key (table sensor_keys), not its text id: see models.SensorKey.
+READING_COLUMNS = ("sensor_key", "device_time_ms", "value", "unit", "quality", "received_ms", "region")
 _SQLITE_INSERT = (
     f"INSERT INTO readings ({', '.join(READING_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (sensor_id, device_time_ms) DO NOTHING"
+    "ON CONFLICT (sensor_key, device_time_ms) DO NOTHING"
 )
 # One statement for the whole batch: arrays unnested server-side (several times faster than executemany).
 _PG_INSERT = (
     f"INSERT INTO readings ({', '.join(READING_COLUMNS)}) "
-    "SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::float8[], $4::varchar[], $5::smallint[], "
-    "$6::bigint[], $7::varchar[]) ON CONFLICT (sensor_id, device_time_ms) DO NOTHING"
+    "SELECT * FROM unnest($1::integer[], $2::bigint[], $3::float8[], $4::varchar[], $5::smallint[], "
+    "$6::bigint[], $7::varchar[]) ON CONFLICT (sensor_key, device_time_ms) DO NOTHING"
 )
+_SQLITE_NEW_KEY = "INSERT INTO sensor_keys (sensor_id) VALUES (?) ON CONFLICT (sensor_id) DO NOTHING"
+_PG_NEW_KEYS = (
+    "INSERT INTO sensor_keys (sensor_id) SELECT * FROM unnest($1::varchar[]) ON CONFLICT (sensor_id) DO NOTHING"
+)
+# Sensor ids bound per look-up statement (SQLite allows 32,766 parameters; PostgreSQL 65,535).
+_KEY_LOOKUP_CHUNK = 1_000
+
+
+async def sensor_keys(*, session: AsyncSession, sensor_ids: Collection[str], create: bool) -> dict[str, int]:
+    """The integer keys of these sensors (those that have one); with `create`, the others get one
+    in this transaction.
+
+    Another transaction (another storage process or replica) may be creating the same keys: the unique
+    sensor id decides, and the keys are read back after the insert skipped those that exist. On
+    PostgreSQL the insert waits for the other transaction's outcome; ids are inserted in sorted order
+    so that two transactions creating overlapping sets cannot deadlock."""
+    if not sensor_ids:
+        return {}
+    conn = await session.connection()
+    if create:
+        ordered = sorted(sensor_ids)
+        if conn.dialect.name == "postgresql":
+            await conn.exec_driver_sql(_PG_NEW_KEYS, (ordered,))
+        else:
+            await conn.exec_driver_sql(_SQLITE_NEW_KEY, [(sid,) for sid in ordered])
+    c = sensor_keys_table.c
+    ids = list(sensor_ids)
+    found: dict[str, int] = {}
+    for i in range(0, len(ids), _KEY_LOOKUP_CHUNK):
+        res = await conn.execute(
+            select(c.sensor_id, c.sensor_key).where(c.sensor_id.in_(ids[i : i + _KEY_LOOKUP_CHUNK]))
+        )
+        found.update((r[0], r[1]) for r in res)
+    return found
 
 
 async def insert_readings(*, session: AsyncSession, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Store readings (tuples in READING_COLUMNS order); one already stored under the same
-    (sensor, device time) is left as it was.
+    """Store readings (tuples in READING_COLUMNS order: the sensor's key, see `sensor_keys`); one
+    already stored under the same (sensor, device time) is left as it was.
 
     The hot path of ingest: straight to the driver, no per-row SQLAlchemy processing."""
     if not rows:
@@ -136,11 +171,18 @@ async def lookup_values(*, session: AsyncSession, keys: Sequence[tuple[str, int]
     """Stored values for these (sensor, device time) keys, where they exist."""
     if not keys:
         return {}
+    # Sensor ids to keys first, then readings by their primary key: a join with the condition on
+    # (sensor id, device time) spans both tables and could not use the readings' key directly.
+    key_of = await sensor_keys(session=session, sensor_ids={sid for sid, _ in keys}, create=False)
+    wanted = [(key_of[sid], ts) for sid, ts in keys if sid in key_of]
+    if not wanted:
+        return {}
+    id_of = {key: sid for sid, key in key_of.items()}
     c = readings_table.c
     res = await (await session.connection()).execute(
-        select(c.sensor_id, c.device_time_ms, c.value).where(tuple_(c.sensor_id, c.device_time_ms).in_(list(keys)))
+        select(c.sensor_key, c.device_time_ms, c.value).where(tuple_(c.sensor_key, c.device_time_ms).in_(wanted))
     )
-    return {(r[0], r[1]): r[2] for r in res}
+    return {(id_of[r[0]], r[1]): r[2] for r in res}
 
 
 async def latest_device_times(*, session: AsyncSession) -> dict[str, int]:
@@ -152,16 +194,22 @@ async def latest_device_times(*, session: AsyncSession) -> dict[str, int]:
 async def list_readings(
     *, session: AsyncSession, sensor_id: str, from_ms: int | None, to_ms: int | None, after_ms: int | None, limit: int
 ) -> list[Row[Any]]:
-    """A page of a sensor's readings in device-time order."""
-    c = readings_table.c
-    conds = [c.sensor_id == sensor_id]
+    """A page of a sensor's readings in device-time order (rows with the sensor's id, not its key)."""
+    c, k = readings_table.c, sensor_keys_table.c
+    conds = [k.sensor_id == sensor_id]
     if from_ms is not None:
         conds.append(c.device_time_ms >= from_ms)
     if to_ms is not None:
         conds.append(c.device_time_ms < to_ms)
     if after_ms is not None:
         conds.append(c.device_time_ms > after_ms)
-    stmt = select(readings_table).where(and_(*conds)).order_by(c.device_time_ms).limit(limit)
+    stmt = (
+        select(k.sensor_id, *(getattr(c, name) for name in READING_COLUMNS[1:]))
+        .select_from(readings_table.join(sensor_keys_table, c.sensor_key == k.sensor_key))
+        .where(and_(*conds))
+        .order_by(c.device_time_ms)
+        .limit(limit)
+    )
     return list((await (await session.connection()).execute(stmt)).all())
 
 

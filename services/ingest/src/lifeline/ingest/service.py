@@ -56,6 +56,10 @@ def _received_time(batch: telemetry_pb2.ReadingsAccepted) -> int:
     return batch.received_time_ms
 
 
+def _unkeyed(batches: Sequence[telemetry_pb2.ReadingsAccepted], keys: dict[str, int]) -> set[str]:
+    return {r.sensor_id for batch in batches for r in batch.readings} - keys.keys()
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: int
@@ -98,6 +102,8 @@ class IngestService:
         # Serialises the storage look-up + reservation step so concurrent batches cannot both accept
         # the same late reading; the common (in-memory) path never waits on it for long.
         self._lookup_lock = asyncio.Lock()
+        # The storing side's sensor keys (see models.SensorKey), only those of committed transactions.
+        self.sensor_keys: dict[str, int] = {}
         # Concurrent requests' accepted readings share one message and one ack (see coalesce.py).
         self.publisher = GroupCommit(self._publish, max_items=max_message_readings, max_in_flight=publish_max_in_flight)
 
@@ -246,6 +252,9 @@ class IngestService:
         newest: dict[str, tuple[Any, ...]] = {}
         seen: dict[str, int] = {}
         stored = 0
+        keys = self.sensor_keys
+        key_of = keys
+        created: dict[str, int] = {}
         with tracer.start_as_current_span("ingest.persist") as span:
             async with self.db.transaction() as session:
                 rows: list[tuple[Any, ...]] = []
@@ -256,7 +265,16 @@ class IngestService:
                     region = batch.region
                     for r in batch.readings:
                         sid, ts = r.sensor_id, r.device_time_ms
-                        row = (sid, ts, r.value, r.unit, r.quality, received, region)
+                        try:
+                            key = key_of[sid]
+                        except KeyError:
+                            # A sensor without a known key: key every such sensor of this call at once.
+                            created = await repository.sensor_keys(
+                                session=session, sensor_ids=_unkeyed(batches, keys), create=True
+                            )
+                            key_of = {**keys, **created}
+                            key = key_of[sid]
+                        row = (key, ts, r.value, r.unit, r.quality, received, region)
                         append(row)
                         seen[sid] = received
                         cur = newest_get(sid)
@@ -279,13 +297,15 @@ class IngestService:
                     rows=[
                         # LATEST_COLUMNS from a READING_COLUMNS row
                         (sid, region, ts, value, unit, quality, received, seen[sid], online, received)
-                        for sid, ts, value, unit, quality, received, region in newest.values()
+                        for sid, (_key, ts, value, unit, quality, received, region) in newest.items()
                     ],
                 )
                 for sensor_id in sorted(back_online):
                     self._enqueue_status(
                         session, sensor_id, telemetry_pb2.SENSOR_STATE_ONLINE, seen[sensor_id], seen[sensor_id]
                     )
+            # Committed: only now are the keys this transaction created (or read) known to exist.
+            keys.update(created)
             span.set_attribute("lifeline.readings", stored)
         persisted_counter.add(stored)
 
