@@ -34,12 +34,8 @@ class PersistHandler:
         self.on_commit = on_commit
 
     async def __call__(self, msgs: list[Msg]) -> None:
-        batches = []
-        for m in msgs:
-            batch = telemetry_pb2.ReadingsAccepted()
-            batch.ParseFromString(m.data)
-            batches.append(batch)
-        await self.service.persist(batches)
+        # Decoded one message at a time as persist goes (see IngestService.persist).
+        await self.service.persist(telemetry_pb2.ReadingsAccepted.FromString(m.data) for m in msgs)
         if self.on_commit is not None:
             self.on_commit()
 

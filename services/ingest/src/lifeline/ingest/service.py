@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,12 +52,8 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _received_time(batch: telemetry_pb2.ReadingsAccepted) -> int:
-    return batch.received_time_ms
-
-
-def _unkeyed(batches: Sequence[telemetry_pb2.ReadingsAccepted], keys: dict[str, int]) -> set[str]:
-    return {r.sensor_id for batch in batches for r in batch.readings} - keys.keys()
+def _unkeyed(batch: telemetry_pb2.ReadingsAccepted, keys: dict[str, int]) -> set[str]:
+    return {r.sensor_id for r in batch.readings} - keys.keys()
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,10 +241,12 @@ class IngestService:
 
     # --- persistence (the READINGS consumer) -------------------------------------------------------
 
-    async def persist(self, batches: Sequence[telemetry_pb2.ReadingsAccepted]) -> None:
-        """Store accepted readings idempotently, move latest values, and bring silent sensors back."""
-        # Per sensor: its row with the greatest device time, and the latest arrival. Batches in arrival
-        # order, so the last arrival written for a sensor is its greatest.
+    async def persist(self, batches: Iterable[telemetry_pb2.ReadingsAccepted]) -> None:
+        """Store accepted readings idempotently, move latest values, and bring silent sensors back.
+
+        ``batches`` is iterated once, so a caller may decode its messages one at a time rather than a
+        whole fetch from a backlog (consumer_batch messages of up to max_batch readings) at once."""
+        # Per sensor: its row with the greatest device time, and its latest arrival.
         newest: dict[str, tuple[Any, ...]] = {}
         seen: dict[str, int] = {}
         stored = 0
@@ -260,7 +258,8 @@ class IngestService:
                 rows: list[tuple[Any, ...]] = []
                 append = rows.append
                 newest_get = newest.get
-                for batch in sorted(batches, key=_received_time):
+                seen_get = seen.get
+                for batch in batches:
                     received = batch.received_time_ms
                     region = batch.region
                     for r in batch.readings:
@@ -268,15 +267,18 @@ class IngestService:
                         try:
                             key = key_of[sid]
                         except KeyError:
-                            # A sensor without a known key: key every such sensor of this call at once.
-                            created = await repository.sensor_keys(
-                                session=session, sensor_ids=_unkeyed(batches, keys), create=True
+                            # A sensor without a known key: key every such sensor of this message at once.
+                            created.update(
+                                await repository.sensor_keys(
+                                    session=session, sensor_ids=_unkeyed(batch, key_of), create=True
+                                )
                             )
                             key_of = {**keys, **created}
                             key = key_of[sid]
                         row = (key, ts, r.value, r.unit, r.quality, received, region)
                         append(row)
-                        seen[sid] = received
+                        if received > seen_get(sid, -1):
+                            seen[sid] = received
                         cur = newest_get(sid)
                         if cur is None or ts > cur[1]:
                             newest[sid] = row
