@@ -64,7 +64,6 @@ SLOW_TRANSACTION_S = 0.05
 CHECKPOINT_INTERVAL_S = 0.5
 _WAL_BACKSTOP_PAGES = 16_384
 _WAL_RESTART_PAGES = 1_000  # SQLite's own threshold: past it, the WAL is made to start over (_checkpoint)
-_RESTART_WAIT_MS = 200
 
 
 def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> sa.Index:
@@ -465,10 +464,11 @@ class Database:
         [(_busy, frames, _copied)] = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         if frames > _WAL_RESTART_PAGES:
             # Frames committed while the passive pass ran are not copied, and the WAL starts over only once
-            # everything is: under steady writes it would grow to the backstop. RESTART waits for the
-            # writer of the moment, holds new ones back (they wait on the event loop, which runs on) while
-            # it copies the few frames left, and the next writer starts the WAL from its beginning.
-            conn.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
+            # everything is: under steady writes it would grow to the backstop. RESTART, when no writer is
+            # in the middle of a transaction, holds new ones back (they wait on the event loop, which runs
+            # on) while it copies the few frames left, and the next writer starts the WAL from its
+            # beginning; when one is, it waits for nobody (busy_timeout 0) and is one more passive pass.
+            # (Waiting 200 ms for the writer held writes back that long: alerts' probes saw it.)
             conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
     def _checkpoint_done(self, fut: asyncio.Future[None]) -> None:
