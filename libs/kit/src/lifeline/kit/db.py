@@ -234,6 +234,20 @@ def _enable_wal(cursor: Any, busy_timeout_ms: int) -> None:
 Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 
 
+def _log_if_slow(t0: float, t1: float, t2: float, t3: float, first: str) -> None:
+    """Where a slow core transaction spent its time: getting a connection (PostgreSQL: pool exhausted or
+    connecting) or the write lock (SQLite: another writer, a checkpoint), the caller's statements, COMMIT."""
+    if t3 - t0 > SLOW_TRANSACTION_S:
+        log.warning(
+            "slow core transaction: %.0f ms (%s %.1f ms, statements %.1f ms, commit %.1f ms)",
+            (t3 - t0) * 1000,
+            first,
+            (t1 - t0) * 1000,
+            (t2 - t1) * 1000,
+            (t3 - t2) * 1000,
+        )
+
+
 class CoreTransaction:
     """A transaction of ``Database.core_transaction()``: Core statements and plain SQL, no ORM session."""
 
@@ -352,26 +366,19 @@ class Database:
                     yield tx
                     await tx.flush()
                     t2 = time.perf_counter()
-            t3 = time.perf_counter()
-            if t3 - t0 > SLOW_TRANSACTION_S:
-                # Where a slow one spent its time: waiting for a connection (pool exhausted or connecting),
-                # in the caller's statements, or in COMMIT (the WAL flush).
-                log.warning(
-                    "slow core transaction: %.0f ms (connection %.1f ms, statements %.1f ms, commit %.1f ms)",
-                    (t3 - t0) * 1000,
-                    (t1 - t0) * 1000,
-                    (t2 - t1) * 1000,
-                    (t3 - t2) * 1000,
-                )
+            _log_if_slow(t0, t1, t2, time.perf_counter(), "connection")
             self._committed(tx.info)
             return
+        t0 = time.perf_counter()
         async with self._direct_lock:
             direct = await self._direct_connection()
             await self._begin_immediate(direct)
+            t1 = time.perf_counter()
             tx = CoreTransaction(sync=direct)
             try:
                 yield tx
                 await tx.flush()
+                t2 = time.perf_counter()
                 async with self._commit_order:
                     direct.commit()
                     self._committed(tx.info)
@@ -380,6 +387,7 @@ class Database:
                 # Also when cancelled while queueing for the commit: never leave the write lock held.
                 direct.rollback()
                 raise
+        _log_if_slow(t0, t1, t2, time.perf_counter(), "write lock")
 
     async def _direct_connection(self) -> Connection:
         if self._direct is None:
