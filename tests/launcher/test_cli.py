@@ -214,9 +214,7 @@ _SUPERVISOR_WIRING_AND_SAY_WHAT_IT_IMPORTED = (
 def test_the_supervisor_imports_no_service() -> None:
     # Microservices mode: the parent only starts and restarts children; the web, database and gRPC
     # stacks (~70 MB of RSS) live in the children alone, and the census generator in `lifeline census`.
-    cmd = [sys.executable, "-c", _SUPERVISOR_WIRING_AND_SAY_WHAT_IT_IMPORTED]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    assert _last_line_printed_by(_SUPERVISOR_WIRING_AND_SAY_WHAT_IT_IMPORTED) == "[]"
 
 
 _SERVICES_SAY_WHAT_THEY_IMPORTED = (
@@ -235,9 +233,13 @@ def test_services_on_sqlite_import_nothing_they_do_not_use() -> None:
     # PostgreSQL, python-keycloak (~18 MB) only in a process that fetches service tokens
     # (ClientCredentials), neither httpx's command line (rich, pygments) nor uvicorn's --reload
     # watcher (~3 MB).
-    cmd = [sys.executable, "-c", _SERVICES_SAY_WHAT_THEY_IMPORTED]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    assert _last_line_printed_by(_SERVICES_SAY_WHAT_THEY_IMPORTED) == "[]"
+
+
+def _last_line_printed_by(code: str) -> str:
+    """Run ``code`` in a fresh Python (what a process imports depends on what ran before in it)."""
+    cmd = [sys.executable, "-c", code]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout.strip().splitlines()[-1]
 
 
 # ─────────────────────────────── `lifeline run` as a process ───────────────────────────────

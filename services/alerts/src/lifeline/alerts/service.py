@@ -9,6 +9,7 @@ same states. Workflow steps and timers write the alert, its history entry and it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -413,15 +414,14 @@ class AlertsService:
             engine.begin()
             try:
                 engine.touched_state(fp, rule, subject)
-                async with self.db.core_transaction() as session:
-                    await self._write_in(session, [change("raised", Level.IV, None, 2.0)])
-                    await self._write_in(session, [change("breach", Level.IV, Level.IV, 3.0)])
-                    await self._write_in(session, [change("level_changed", Level.I, Level.IV, 9.0)])
-                    await self._write_in(session, [change("cleared", Level.I, Level.I, 0.0)])
-                    await session.flush()  # the outbox's insert
-                    raise _Discard
-            except _Discard:
-                pass
+                with contextlib.suppress(_Discard):
+                    async with self.db.core_transaction() as session:
+                        await self._write_in(session, [change("raised", Level.IV, None, 2.0)])
+                        await self._write_in(session, [change("breach", Level.IV, Level.IV, 3.0)])
+                        await self._write_in(session, [change("level_changed", Level.I, Level.IV, 9.0)])
+                        await self._write_in(session, [change("cleared", Level.I, Level.I, 0.0)])
+                        await session.flush()  # the outbox's insert
+                        raise _Discard
             finally:
                 engine.rollback()
 
