@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import sqlite3
 import subprocess
 import sys
@@ -338,6 +340,32 @@ async def test_sqlite_pragmas(tmp_path: Path) -> None:
         "busy_timeout": 10_000,
         "wal_autocheckpoint": 16_384,  # a backstop: commits start checkpoints in a thread (below)
     }
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_slow_core_transactions_are_logged_with_where_the_time_went(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="lifeline.kit.db")
+    async with db.core_transaction() as tx:  # slow in its own statements: a warning
+        await tx.execute(things.insert().values(name="slow"))
+        await asyncio.sleep(0.08)
+    async with db.transaction() as session:  # only waiting for another writer: information
+        session.add(Thing(name="holder"))
+        await session.flush()
+
+        async def core_writer() -> None:
+            async with db.core_transaction() as tx:
+                await tx.execute(things.insert().values(name="waiter"))
+
+        writer = asyncio.create_task(core_writer())
+        await asyncio.sleep(0.08)
+    await asyncio.wait_for(writer, 5)
+    slow = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("slow core")]
+    assert [level for level, _ in slow] == [logging.WARNING, logging.INFO], slow
+    spent = [{k: float(v) for k, v in re.findall(r"(write lock|statements|commit) ([\d.]+) ms", m)} for _, m in slow]
+    assert spent[0]["statements"] >= 80  # the sleep inside the transaction
+    assert spent[1]["write lock"] >= 50 and spent[1]["statements"] < 50
 
 
 def _size(path: Path) -> int:

@@ -238,7 +238,10 @@ def _log_if_slow(t0: float, t1: float, t2: float, t3: float, first: str) -> None
     """Where a slow core transaction spent its time: getting a connection (PostgreSQL: pool exhausted or
     connecting) or the write lock (SQLite: another writer, a checkpoint), the caller's statements, COMMIT."""
     if t3 - t0 > SLOW_TRANSACTION_S:
-        log.warning(
+        # Waiting its turn behind another writer (a bulk census load, say) is expected; slow statements or
+        # a slow COMMIT (the disk) are worth a warning.
+        log.log(
+            logging.WARNING if t3 - t1 > SLOW_TRANSACTION_S else logging.INFO,
             "slow core transaction: %.0f ms (%s %.1f ms, statements %.1f ms, commit %.1f ms)",
             (t3 - t0) * 1000,
             first,
