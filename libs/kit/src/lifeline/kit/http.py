@@ -227,13 +227,13 @@ class _FastRoutes:
             )
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            status = await self._answer(handler, request, send)
-            if span.is_recording():
-                span.set_attribute("http.status_code", status)
-                if status >= 500:
-                    span.set_status(trace.Status(trace.StatusCode.ERROR))
-        except _ClientGone:
-            pass  # the client hung up before its answer: no one to answer, the span just ends
+            # _ClientGone: the client hung up before its answer; no one to answer, the span just ends.
+            with contextlib.suppress(_ClientGone):
+                status = await self._answer(handler, request, send)
+                if span.is_recording():
+                    span.set_attribute("http.status_code", status)
+                    if status >= 500:
+                        span.set_status(trace.Status(trace.StatusCode.ERROR))
         finally:
             otel_context.detach(token)
             span.end()
