@@ -236,6 +236,19 @@ def test_services_on_sqlite_import_nothing_they_do_not_use() -> None:
     assert _last_line_printed_by(_SERVICES_SAY_WHAT_THEY_IMPORTED) == "[]"
 
 
+def test_ingest_app_imports_no_grpc_until_it_serves_grpc() -> None:
+    # What ingest's storage process imports (it builds the app, serves no gRPC, verifies no token): not
+    # the front's gRPC servicers, grpc (~9.5 MB) or jwcrypto (~9.7 MB with cryptography).
+    code = (
+        "import sys\n"
+        "from lifeline.launcher import cli\n"
+        "import lifeline.ingest.app, lifeline.ingest.consumers, lifeline.kit.runtime, lifeline.kit.migrations\n"
+        "unused = ('lifeline.ingest.grpc', 'grpc', 'jwcrypto', 'cryptography')\n"
+        "print(sorted(m for m in unused if sys.modules.get(m) is not None))\n"
+    )
+    assert _last_line_printed_by(code) == "[]"
+
+
 def _last_line_printed_by(code: str) -> str:
     """Run ``code`` in a fresh Python (what a process imports depends on what ran before in it)."""
     cmd = [sys.executable, "-c", code]
