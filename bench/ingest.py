@@ -765,9 +765,10 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
         if storage is not None:
             sampler.watch("ingest-storage", storage.proc.pid)
         ready_rss = sampler.current("ingest")
+        storage_ready_rss = sampler.current("ingest-storage") if storage is not None else 0
         log(
             f"[{tag}] ingest server ({server.how}, {db_url.split(':')[0]}) ready in {time.perf_counter() - t0:.1f} s, "
-            f"RSS {ready_rss / MB:.0f} MB"
+            f"RSS {ready_rss / MB:.0f} MB" + (f", storage process {storage_ready_rss / MB:.0f} MB" if storage else "")
         )
         pids = {"ingest": server.proc.pid, "nats": nats.pid, "bench": os.getpid()}
         if storage is not None:
@@ -909,7 +910,11 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
                 "goal",
                 GOAL_INGEST_RSS_MB,
                 higher_is_better=False,
-                note=f"kernel VmHWM {storage_hwm / MB:.0f} MB",
+                note=(
+                    f"{storage_ready_rss / MB:.0f} MB when ready; peak by scenario: "
+                    + ", ".join(f"{k} {results[k].rss_peak.get('ingest-storage', 0) / MB:.0f} MB" for k in results)
+                    + f"; kernel VmHWM {storage_hwm / MB:.0f} MB"
+                ),
             )
         )
     rows.append(

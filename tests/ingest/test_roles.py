@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from lifeline.ingest.app import IngestApp
+from lifeline.ingest.app import PERSIST_CONNECTION, IngestApp
 from lifeline.ingest.settings import IngestSettings
 
 from .helpers import count_rows, now_ms, reading, wait_stored
@@ -35,3 +35,12 @@ async def test_storage_role_stores_what_the_front_role_accepted(service_runner, 
         assert (await c.post("/v1/readings", json={})).status_code == 404
         assert (await c.get("/readyz")).status_code == 200
     await wait_stored(front, 1)
+    # The persisting consumer stores on a connection of its own, the only one with the large SQLite page
+    # cache (settings.sqlite_cache_mib); the pool's connections (offline check, pings) keep the default.
+    assert storage.service.persist_connection == PERSIST_CONNECTION
+    async with storage.db.transaction(dedicated=PERSIST_CONNECTION) as session:
+        cache = (await (await session.connection()).exec_driver_sql("PRAGMA cache_size")).scalar()
+    assert cache == -storage.settings.sqlite_cache_mib * 1024
+    async with storage.db.transaction() as session:
+        assert (await (await session.connection()).exec_driver_sql("PRAGMA cache_size")).scalar() == -2000
+    assert front.service.persist_connection is None  # the front role stores nothing

@@ -23,7 +23,6 @@ from jwcrypto import jwk, jws
 
 from lifeline.kit.auth import (
     AuthError,
-    AuthInterceptor,
     ClientCredentials,
     Principal,
     PrincipalDep,
@@ -35,6 +34,7 @@ from lifeline.kit.auth import (
     require_roles,
     split_issuer,
 )
+from lifeline.kit.grpc import AuthInterceptor
 from lifeline.kit.testing.oidc import DevOIDCProvider, TokenFactory
 
 # ---- helpers ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from lifeline.kit.db import Database, ReadSessionDep, SessionDep, create_engine, partial_index
@@ -175,6 +176,73 @@ async def test_commit_listeners_run_only_after_commit(db: Database) -> None:
     async with db.transaction() as session:
         session.info["mark"] = 3
     assert seen == [1]
+
+
+# -- dedicated connections ----------------------------------------------------------------------------
+
+
+async def _backend_connection_id(session: object) -> object:
+    """Which connection of the database server (PostgreSQL: backend pid) or driver (SQLite) this is."""
+    conn = await session.connection()  # type: ignore[attr-defined]
+    if conn.dialect.name == "postgresql":
+        return (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
+    raw = await conn.get_raw_connection()
+    return id(raw.driver_connection)
+
+
+async def test_dedicated_connection_is_always_the_same_and_apart_from_the_pool(db: Database) -> None:
+    # A hot writer (ingest's persisting consumer) keeps one connection, with its own SQLite page cache,
+    # whatever runs beside it; the pool's transactions never get that connection.
+    db.dedicate_connection("writer", sqlite_cache_mib=8)
+    with pytest.raises(ValueError, match="already dedicated"):
+        db.dedicate_connection("writer")
+    seen: list[object] = []
+    remove = db.add_commit_listener(lambda info: seen.append(info.get("mark")))
+    writer_ids, pool_ids = set(), set()
+    for i in range(3):
+        async with db.transaction(dedicated="writer") as writer:
+            writer_ids.add(await _backend_connection_id(writer))
+            writer.add(Thing(name=f"w{i}"))
+            writer.info["mark"] = i
+            # Transactions of the pool meanwhile (a timer, a readiness ping) use other connections.
+            async with db.transaction(readonly=True) as reader:
+                pool_ids.add(await _backend_connection_id(reader))
+            assert await db.ping()
+        async with db.transaction() as other:
+            pool_ids.add(await _backend_connection_id(other))
+            other.add(Thing(name=f"p{i}"))
+    remove()
+    assert len(writer_ids) == 1
+    assert not writer_ids & pool_ids
+    assert [m for m in seen if m is not None] == [0, 1, 2]  # listeners hear the dedicated connection's commits
+    assert await names(db) == ["p0", "p1", "p2", "w0", "w1", "w2"]
+    if db.dialect == "sqlite":
+        async with db.transaction(dedicated="writer") as writer:
+            assert (await (await writer.connection()).exec_driver_sql("PRAGMA cache_size")).scalar() == -8 * 1024
+        async with db.transaction() as other:
+            assert (await (await other.connection()).exec_driver_sql("PRAGMA cache_size")).scalar() == -2000
+    with pytest.raises(RuntimeError):
+        async with db.transaction(dedicated="writer") as writer:
+            writer.add(Thing(name="rolled back"))
+            raise RuntimeError
+    assert "rolled back" not in await names(db)
+    with pytest.raises(KeyError):
+        async with db.transaction(dedicated="nobody"):
+            pass
+
+
+async def test_dedicated_connection_of_an_in_memory_database_is_the_database() -> None:
+    # In memory the database lives on the engine's connection: a connection apart would be another one.
+    db = Database(create_async_engine("sqlite+aiosqlite://"))
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(_Base.metadata.create_all)
+        db.dedicate_connection("writer")
+        async with db.transaction(dedicated="writer") as writer:
+            writer.add(Thing(name="x"))
+        assert await names(db) == ["x"]
+    finally:
+        await db.dispose()
 
 
 # -- core transactions ---------------------------------------------------------------------------------

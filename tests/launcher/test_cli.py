@@ -236,6 +236,19 @@ def test_services_on_sqlite_import_nothing_they_do_not_use() -> None:
     assert _last_line_printed_by(_SERVICES_SAY_WHAT_THEY_IMPORTED) == "[]"
 
 
+def test_ingest_app_imports_no_grpc_until_it_serves_grpc() -> None:
+    # What ingest's storage process imports (it builds the app, serves no gRPC, verifies no token): not
+    # the front's gRPC servicers, grpc (~9.5 MB) or jwcrypto (~9.7 MB with cryptography).
+    code = (
+        "import sys\n"
+        "from lifeline.launcher import cli\n"
+        "import lifeline.ingest.app, lifeline.ingest.consumers, lifeline.kit.runtime, lifeline.kit.migrations\n"
+        "unused = ('lifeline.ingest.grpc', 'grpc', 'jwcrypto', 'cryptography')\n"
+        "print(sorted(m for m in unused if sys.modules.get(m) is not None))\n"
+    )
+    assert _last_line_printed_by(code) == "[]"
+
+
 def _last_line_printed_by(code: str) -> str:
     """Run ``code`` in a fresh Python (what a process imports depends on what ran before in it)."""
     cmd = [sys.executable, "-c", code]
@@ -319,6 +332,36 @@ def test_run_single_process_serves_then_stops_on_sigterm(run_env: dict[str, str]
         assert rc == 0, err[-3000:]
         assert time.monotonic() - started < 10
         assert "service ingest stopped" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_ingest_storage_process_loads_neither_grpc_nor_jwcrypto(run_env: dict[str, str], tmp_path: Path) -> None:
+    # RSS of ingest's storage process (issue #2): it serves no gRPC and verifies no token, so neither
+    # grpc's core (~9.5 MB) nor jwcrypto with cryptography's native library (~9.7 MB) is loaded —
+    # with a sensors file; following assets it dials gRPC and fetches service tokens.
+    sensors = tmp_path / "sensors.csv"
+    sensors.write_text(
+        "sensor_id,quantity,unit,region,facility_code,interval_s,lat,lon,status\n"
+        f"S-1,gas.ch4,%LEL,{REGION},{REGION}1102000001,60,31.8,117.2,active\n"
+    )
+    env = {**run_env, "LIFELINE_INGEST_ROLES": "storage", "LIFELINE_INGEST_SENSORS_FILE": str(sensors)}
+    proc = subprocess.Popen(
+        [str(LIFELINE), "run", "--tier", "city", "--region", REGION, "--services", "ingest"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        body = _wait_ready(_ready_url(env), proc)
+        assert body["checks"] == {"database": "ok", "bus": "ok", "registry": "ok"}
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "cygrpc" not in maps
+        assert "cryptography" not in maps
+        rc, err = _stop(proc)
+        assert rc == 0, err[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()

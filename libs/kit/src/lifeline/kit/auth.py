@@ -7,7 +7,7 @@ not-before. A valid token becomes a :class:`Principal`: roles come from ``realm_
 
 - REST (FastAPI): :func:`get_principal` / :data:`PrincipalDep`, :func:`require_roles`, :func:`ensure_region`;
   the verifier lives at ``app.state.token_verifier``.
-- gRPC (grpc.aio): :class:`AuthInterceptor`; servicers read :func:`current_principal`.
+- gRPC (grpc.aio): :class:`lifeline.kit.grpc.AuthInterceptor`; servicers read :func:`current_principal`.
 - Outgoing calls: :class:`ClientCredentials` obtains and caches service tokens.
 
 The issuer is Keycloak in production and the dev provider (deploy/dev-idp) in development and tests;
@@ -20,28 +20,29 @@ import asyncio
 import base64
 import binascii
 import contextvars
-import inspect
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
-import grpc
-import grpc.aio
 import httpx
 from fastapi import Depends, HTTPException, Request
-from jwcrypto import jwk, jws
-from jwcrypto.common import JWException
+
+if TYPE_CHECKING:
+    # Imported where used: gRPC (the interceptor lives in lifeline.kit.grpc) and jwcrypto (the first
+    # JWKS fetch) cost ~9.5 and ~9.7 MB of RSS, which a process that serves no gRPC and verifies no
+    # token (ingest's storage process) need not carry.
+    import grpc
+    from jwcrypto import jwk
 
 __all__ = [
     "DEFAULT_PUBLIC_METHODS",
     "NATIONAL_REGION",
     "AuthError",
-    "AuthInterceptor",
     "ClientCredentials",
     "Principal",
     "PrincipalDep",
@@ -95,6 +96,8 @@ class AuthError(Exception):
     @property
     def grpc_status(self) -> grpc.StatusCode:
         """The gRPC status for this error: UNAUTHENTICATED, PERMISSION_DENIED or UNAVAILABLE."""
+        import grpc
+
         if self.code in _FORBIDDEN_CODES:
             return grpc.StatusCode.PERMISSION_DENIED
         if self.code in _UNAVAILABLE_CODES:
@@ -280,6 +283,9 @@ class TokenVerifier:
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             log.warning("cannot fetch JWKS of %s: %s", self.issuer, exc)
             raise AuthError("issuer_unavailable", f"cannot fetch the signing keys of {self.issuer}") from exc
+        from jwcrypto import jwk
+        from jwcrypto.common import JWException
+
         keys: dict[str, jwk.JWK] = {}
         for entry in data.get("keys", []):
             if not isinstance(entry, dict) or entry.get("kty") != "RSA":
@@ -356,6 +362,9 @@ class TokenVerifier:
         if kid is not None and not isinstance(kid, str):
             raise AuthError("invalid_token", "token 'kid' is not a string")
         key = await self._key_for(kid)
+        # (jwcrypto is imported by the first JWKS fetch, which _key_for has done by now.)
+        from jwcrypto import jws
+        from jwcrypto.common import JWException
 
         signed = jws.JWS()
         signed.allowed_algs = [_ALLOWED_ALG]
@@ -514,159 +523,6 @@ def current_principal() -> Principal:
     if principal is None:
         raise AuthError("missing_token", "no authenticated principal in this context")
     return principal
-
-
-if TYPE_CHECKING:
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-    _Handler = grpc.RpcMethodHandler[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-    _Handler = grpc.RpcMethodHandler
-
-_Behavior = Callable[..., Any]
-_STOP = object()
-
-
-class AuthInterceptor(_ServerInterceptor):
-    """grpc.aio interceptor: requires a valid ``authorization: Bearer`` metadata on non-public methods.
-
-    Verification runs inside the wrapped method handler (not in ``intercept_service``) so the
-    principal's contextvar is set in the very context the servicer runs in.
-    """
-
-    def __init__(self, verifier: TokenVerifier, public_methods: Iterable[str] | None = None) -> None:
-        self._verifier = verifier
-        methods = set(DEFAULT_PUBLIC_METHODS if public_methods is None else public_methods)
-        # "/pkg.Service/*" makes a whole service public.
-        self._public_services = {m[:-1] for m in methods if m.endswith("/*")}
-        self._public = {m for m in methods if not m.endswith("/*")}
-
-    def _is_public(self, method: str) -> bool:
-        return method in self._public or any(method.startswith(p) for p in self._public_services)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
-        """Wrap the method's handler so that the call is authenticated first."""
-        handler = await continuation(handler_call_details)
-        if handler is None or self._is_public(handler_call_details.method):
-            return handler
-        return self._wrap(handler)
-
-    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-        authorization = None
-        for key, value in context.invocation_metadata() or ():
-            if key.lower() == "authorization":
-                authorization = value.decode() if isinstance(value, bytes) else value
-                break
-        try:
-            return await self._verifier.verify_authorization(authorization)
-        except AuthError as err:
-            if err.code == "missing_token":
-                err = AuthError(err.code, "no bearer token: send metadata 'authorization: Bearer <access token>'")
-            await self._abort(context, err)
-            raise  # unreachable: abort raises
-
-    @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: AuthError) -> NoReturn:
-        await context.abort(err.grpc_status, f"{err.code}: {err.message}")
-
-    def _wrap(self, handler: _Handler) -> _Handler:
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary_response(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary_response(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream_response(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._wrap_stream_response(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-    def _wrap_unary_response(self, behavior: _Behavior) -> _Behavior:
-        async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            principal = await self._authenticate(context)
-            token = _principal_var.set(principal)
-            try:
-                if inspect.iscoroutinefunction(behavior):
-                    return await behavior(request, context)
-                # A synchronous servicer method: off the event loop, with the principal's context.
-                return await asyncio.to_thread(behavior, request, context)
-            except AuthError as err:
-                # Servicers may call principal.require_region()/require_role(): map to a status.
-                await self._abort(context, err)
-            finally:
-                _reset(token)
-
-        return authenticated
-
-    def _wrap_stream_response(self, behavior: _Behavior) -> _Behavior:
-        # grpc.aio chooses the streaming style from the function kind, so the wrapper keeps the kind of
-        # the wrapped behavior: a coroutine (context.write style) or an async generator.
-        if inspect.iscoroutinefunction(behavior):
-
-            async def authenticated_writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-                principal = await self._authenticate(context)
-                token = _principal_var.set(principal)
-                try:
-                    await behavior(request, context)
-                except AuthError as err:
-                    await self._abort(context, err)
-                finally:
-                    _reset(token)
-
-            return authenticated_writer
-
-        async def authenticated_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            principal = await self._authenticate(context)
-            token = _principal_var.set(principal)
-            try:
-                result = behavior(request, context)
-                if hasattr(result, "__aiter__"):
-                    async for message in result:
-                        yield message
-                elif result is not None:
-                    # A synchronous generator: each step in a worker thread, keeping the loop free.
-                    iterator = iter(result)
-                    ctx = contextvars.copy_context()
-                    while (message := await asyncio.to_thread(ctx.run, _next_or_stop, iterator)) is not _STOP:
-                        yield message
-            except AuthError as err:
-                await self._abort(context, err)
-            finally:
-                _reset(token)
-
-        return authenticated_stream
-
-
-def _next_or_stop(iterator: Iterator[Any]) -> Any:
-    return next(iterator, _STOP)
-
-
-def _reset(token: contextvars.Token[Principal | None]) -> None:
-    try:
-        _principal_var.reset(token)
-    except ValueError:
-        # An async generator finalized from another context (e.g. on cancellation) cannot reset; the
-        # per-call task context is discarded anyway.
-        pass
 
 
 # ---- client credentials -------------------------------------------------------------------------

@@ -99,21 +99,31 @@ def _sqlite_file(url: URL) -> Path | None:
 
 
 def create_engine(
-    url: str,
+    url: str | URL,
     *,
     echo: bool = False,
     pool_size: int = 10,
     max_overflow: int = 20,
     sqlite_busy_timeout_ms: int = 10_000,
     sqlite_foreign_keys: bool = True,
+    sqlite_cache_mib: int | None = None,
+    sqlite_pool_size: int | None = None,
     application_name: str | None = None,
     ping_after_idle_s: float = 1.0,
 ) -> AsyncEngine:
-    """Create an async engine for the URL: SQLite in WAL mode with real transactions, or PostgreSQL."""
+    """Create an async engine for the URL: SQLite in WAL mode with real transactions, or PostgreSQL.
+
+    On SQLite ``sqlite_cache_mib`` sets each connection's page cache (SQLite's default: 2 MiB) and
+    ``sqlite_pool_size`` caps the connections (SQLAlchemy's default pool otherwise)."""
     parsed = make_url(url)
     if _is_sqlite(parsed):
         return _create_sqlite_engine(
-            parsed, echo=echo, busy_timeout_ms=sqlite_busy_timeout_ms, foreign_keys=sqlite_foreign_keys
+            parsed,
+            echo=echo,
+            busy_timeout_ms=sqlite_busy_timeout_ms,
+            foreign_keys=sqlite_foreign_keys,
+            cache_mib=sqlite_cache_mib,
+            pool_size=sqlite_pool_size,
         )
     kwargs: dict[str, Any] = {
         "echo": echo,
@@ -167,13 +177,24 @@ def _ping_after_idle(engine: sa.Engine, idle_s: float) -> None:
             raise sa.exc.DisconnectionError("pooled connection failed its ping")
 
 
-def _create_sqlite_engine(url: URL, *, echo: bool, busy_timeout_ms: int, foreign_keys: bool) -> AsyncEngine:
+def _create_sqlite_engine(
+    url: URL,
+    *,
+    echo: bool,
+    busy_timeout_ms: int,
+    foreign_keys: bool,
+    cache_mib: int | None = None,
+    pool_size: int | None = None,
+) -> AsyncEngine:
     path = _sqlite_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     # LIFO: the connection just returned is handed out again, so one connection's page cache stays hot
     # and the others' (each grows to its own cache_size) stay small; FIFO rotated through all of them.
-    engine = create_async_engine(url, echo=echo, pool_use_lifo=True)
+    kwargs: dict[str, Any] = {"pool_use_lifo": True}
+    if pool_size is not None and path is not None:
+        kwargs.update(pool_size=pool_size, max_overflow=0)
+    engine = create_async_engine(url, echo=echo, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -191,6 +212,8 @@ def _create_sqlite_engine(url: URL, *, echo: bool, busy_timeout_ms: int, foreign
             # trade-off); FULL would fsync on every commit.
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+            if cache_mib is not None:
+                cursor.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
         finally:
             cursor.close()
 
@@ -291,12 +314,18 @@ class CoreTransaction:
 class Database:
     """One service's database: the engine, a session factory and the transaction boundary."""
 
-    def __init__(self, engine: AsyncEngine, *, ping_timeout: float = 2.0) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, ping_timeout: float = 2.0, engine_kwargs: Mapping[str, Any] | None = None
+    ) -> None:
         self.engine = engine
         self.ping_timeout = ping_timeout
         self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
             engine, class_=AsyncSession, expire_on_commit=False
         )
+        # How the engine was made (from_url), for the engines of dedicated connections.
+        self._engine_kwargs = dict(engine_kwargs or {})
+        self._dedicated: dict[str, async_sessionmaker[AsyncSession]] = {}
+        self._dedicated_engines: list[AsyncEngine] = []
         self._commit_listeners: list[CommitListener] = []
         # SQLite file: core_transaction()'s own connection, used only in the event loop's thread.
         self._direct_file = _is_sqlite(engine.url) and _sqlite_file(engine.url) is not None
@@ -317,7 +346,34 @@ class Database:
     @classmethod
     def from_url(cls, url: str, **engine_kwargs: Any) -> Database:
         """Create a Database with an engine from ``create_engine(url, **engine_kwargs)``."""
-        return cls(create_engine(url, **engine_kwargs))
+        return cls(create_engine(url, **engine_kwargs), engine_kwargs=engine_kwargs)
+
+    def dedicate_connection(self, name: str, *, sqlite_cache_mib: int | None = None) -> None:
+        """Run ``transaction(dedicated=name)`` on a connection of its own, apart from the pool.
+
+        For one hot writer (a consumer that writes in one transaction after another): on SQLite each
+        connection has its own page cache, which the writer's inserts fill with the indexes' hot pages
+        (``sqlite_cache_mib`` sizes it for this connection alone). In the shared pool any transaction
+        running beside the writer's (a timer's, a readiness ping) puts a second connection into
+        rotation, the writer's next transaction may get that one, and two large caches (and two
+        threads' malloc arenas) exist, or the warm one goes cold. The other transactions keep the pool
+        and SQLite's default cache. On PostgreSQL: a pool of one connection, with the same settings,
+        ping after idleness and reconnection as the shared pool's.
+
+        Transactions of the same name take turns on the connection (the pool's wait, 30 s at most).
+        Call before the first such transaction; ``dispose()`` closes it."""
+        if name in self._dedicated:
+            raise ValueError(f"connection {name!r} is already dedicated")
+        if _is_sqlite(self.engine.url) and _sqlite_file(self.engine.url) is None:
+            # An in-memory database exists only on the engine's own connection: nothing to set apart.
+            self._dedicated[name] = self.sessionmaker
+            return
+        kwargs: dict[str, Any] = {**self._engine_kwargs, "pool_size": 1, "max_overflow": 0, "sqlite_pool_size": 1}
+        if sqlite_cache_mib is not None:
+            kwargs["sqlite_cache_mib"] = sqlite_cache_mib
+        engine = create_engine(self.engine.url, **kwargs)
+        self._dedicated_engines.append(engine)
+        self._dedicated[name] = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:
@@ -332,9 +388,12 @@ class Database:
         return options
 
     @asynccontextmanager
-    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[AsyncSession]:
-        """Yield a session in a transaction that commits on success and rolls back on any exception."""
-        async with self.sessionmaker() as session:
+    async def transaction(self, *, readonly: bool = False, dedicated: str | None = None) -> AsyncIterator[AsyncSession]:
+        """Yield a session in a transaction that commits on success and rolls back on any exception.
+
+        ``dedicated``: on the connection ``dedicate_connection(dedicated)`` set apart (KeyError if none)."""
+        maker = self.sessionmaker if dedicated is None else self._dedicated[dedicated]
+        async with maker() as session:
             if readonly:
                 # Execution options apply only when the connection is first procured, so get it now.
                 await session.connection(execution_options=self.readonly_options())
@@ -523,6 +582,8 @@ class Database:
         if self._direct_engine is not None:
             self._direct_engine.dispose()
             self._direct_engine = None
+        for engine in self._dedicated_engines:
+            await engine.dispose()
         await self.engine.dispose()
 
 

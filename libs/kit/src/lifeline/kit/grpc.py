@@ -8,10 +8,12 @@ to a gRPC status code) or by calling :func:`abort_with_problem`; either way the 
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final, NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import grpc
 import grpc.aio
@@ -21,6 +23,7 @@ from grpc_health.v1 import health as health_module
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2_grpc
 
+from lifeline.kit.auth import DEFAULT_PUBLIC_METHODS, AuthError, Principal, TokenVerifier, _principal_var
 from lifeline.kit.i18n import DEFAULT_LANGUAGE, negotiate
 from lifeline.kit.problems import ProblemError
 from lifeline.kit.telemetry import current_trace_id, grpc_server_interceptors
@@ -29,6 +32,7 @@ from lifeline.v1 import common_pb2
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "GRPC_DETAILS_METADATA_KEY",
+    "AuthInterceptor",
     "GrpcServer",
     "abort_with_problem",
     "grpc_code_for_status",
@@ -317,3 +321,158 @@ async def start_grpc_server(
     await result.set_serving("", True)
     _log.info("gRPC server listening on %s", result.address, extra={"grpc_services": list(service_names)})
     return result
+
+
+# ---- authentication (here, not in kit.auth: a process that serves no gRPC need not import grpc) ----
+
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    _Handler = grpc.RpcMethodHandler[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+    _Handler = grpc.RpcMethodHandler
+
+_Behavior = Callable[..., Any]
+_STOP = object()
+
+
+class AuthInterceptor(_ServerInterceptor):
+    """grpc.aio interceptor: requires a valid ``authorization: Bearer`` metadata on non-public methods.
+
+    Verification runs inside the wrapped method handler (not in ``intercept_service``) so the
+    principal's contextvar is set in the very context the servicer runs in.
+    """
+
+    def __init__(self, verifier: TokenVerifier, public_methods: Iterable[str] | None = None) -> None:
+        self._verifier = verifier
+        methods = set(DEFAULT_PUBLIC_METHODS if public_methods is None else public_methods)
+        # "/pkg.Service/*" makes a whole service public.
+        self._public_services = {m[:-1] for m in methods if m.endswith("/*")}
+        self._public = {m for m in methods if not m.endswith("/*")}
+
+    def _is_public(self, method: str) -> bool:
+        return method in self._public or any(method.startswith(p) for p in self._public_services)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        """Wrap the method's handler so that the call is authenticated first."""
+        handler = await continuation(handler_call_details)
+        if handler is None or self._is_public(handler_call_details.method):
+            return handler
+        return self._wrap(handler)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key.lower() == "authorization":
+                authorization = value.decode() if isinstance(value, bytes) else value
+                break
+        try:
+            return await self._verifier.verify_authorization(authorization)
+        except AuthError as err:
+            if err.code == "missing_token":
+                err = AuthError(err.code, "no bearer token: send metadata 'authorization: Bearer <access token>'")
+            await self._abort(context, err)
+            raise  # unreachable: abort raises
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: AuthError) -> NoReturn:
+        await context.abort(err.grpc_status, f"{err.code}: {err.message}")
+
+    def _wrap(self, handler: _Handler) -> _Handler:
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary_response(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary_response(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream_response(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream_response(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_unary_response(self, behavior: _Behavior) -> _Behavior:
+        async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            principal = await self._authenticate(context)
+            token = _principal_var.set(principal)
+            try:
+                if inspect.iscoroutinefunction(behavior):
+                    return await behavior(request, context)
+                # A synchronous servicer method: off the event loop, with the principal's context.
+                return await asyncio.to_thread(behavior, request, context)
+            except AuthError as err:
+                # Servicers may call principal.require_region()/require_role(): map to a status.
+                await self._abort(context, err)
+            finally:
+                _reset(token)
+
+        return authenticated
+
+    def _wrap_stream_response(self, behavior: _Behavior) -> _Behavior:
+        # grpc.aio chooses the streaming style from the function kind, so the wrapper keeps the kind of
+        # the wrapped behavior: a coroutine (context.write style) or an async generator.
+        if inspect.iscoroutinefunction(behavior):
+
+            async def authenticated_writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                principal = await self._authenticate(context)
+                token = _principal_var.set(principal)
+                try:
+                    await behavior(request, context)
+                except AuthError as err:
+                    await self._abort(context, err)
+                finally:
+                    _reset(token)
+
+            return authenticated_writer
+
+        async def authenticated_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            principal = await self._authenticate(context)
+            token = _principal_var.set(principal)
+            try:
+                result = behavior(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for message in result:
+                        yield message
+                elif result is not None:
+                    # A synchronous generator: each step in a worker thread, keeping the loop free.
+                    iterator = iter(result)
+                    ctx = contextvars.copy_context()
+                    while (message := await asyncio.to_thread(ctx.run, _next_or_stop, iterator)) is not _STOP:
+                        yield message
+            except AuthError as err:
+                await self._abort(context, err)
+            finally:
+                _reset(token)
+
+        return authenticated_stream
+
+
+def _next_or_stop(iterator: Iterator[Any]) -> Any:
+    return next(iterator, _STOP)
+
+
+def _reset(token: contextvars.Token[Principal | None]) -> None:
+    try:
+        _principal_var.reset(token)
+    except ValueError:
+        # An async generator finalized from another context (e.g. on cancellation) cannot reset; the
+        # per-call task context is discarded anyway.
+        pass

@@ -25,16 +25,17 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import grpc
-import grpc.aio
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from lifeline.kit.auth import ClientCredentials
 from lifeline.kit.bus import Bus
 from lifeline.kit.config import InstanceSettings
+
+if TYPE_CHECKING:
+    import grpc.aio
 
 __all__ = ["Mirror", "PeerChannel", "SnapshotLoop", "grpc_pages"]
 
@@ -228,7 +229,10 @@ class PeerChannel:
     (client-credentials grant) to authorize calls on it, e.g. through :func:`grpc_pages`."""
 
     def __init__(self, address: str, instance: InstanceSettings) -> None:
-        self.channel = grpc.aio.insecure_channel(address)
+        # gRPC imported here, by a process that dials a peer (see lifeline.kit.runtime).
+        import grpc.aio
+
+        self.channel: grpc.aio.Channel = grpc.aio.insecure_channel(address)
         self.credentials = ClientCredentials(instance.oidc_issuer, instance.oidc_client_id, instance.oidc_client_secret)
 
     async def close(self) -> None:
@@ -246,6 +250,8 @@ async def grpc_pages(
     timeout: float = 10.0,
 ) -> AsyncIterator[Any]:
     """Yield every item of a paged list call, following ``next_page_token`` to the end."""
+    import grpc.aio
+
     token = ""
     while True:
         request.page_token = token

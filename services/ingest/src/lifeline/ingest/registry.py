@@ -22,7 +22,7 @@ from lifeline.kit.catalogue import (
     region_contains,
 )
 from lifeline.kit.mirror import Mirror, PeerChannel, grpc_pages
-from lifeline.v1 import assets_pb2, assets_pb2_grpc
+from lifeline.v1 import assets_pb2
 
 SENSOR_STATUS = {assets_pb2.ASSET_SENSOR_STATUS_ACTIVE: "active", assets_pb2.ASSET_SENSOR_STATUS_RETIRED: "retired"}
 # Largest page the assets service serves (its max_page); fewer round trips for a big census.
@@ -123,6 +123,8 @@ def follow_assets(
     resync_s: float,
 ) -> Mirror[assets_pb2.AssetSensor]:
     """A mirror keeping ``registry`` equal to the sensors of ``region`` in the assets service."""
+    from lifeline.v1 import assets_pb2_grpc  # imports grpc: only where the registry follows assets
+
     stub = assets_pb2_grpc.AssetRegistryStub(assets.channel)
 
     def decode(data: bytes) -> assets_pb2.AssetSensor | None:

@@ -87,6 +87,7 @@ class IngestService:
         publish_timeout_s: float = 5.0,
         max_message_readings: int = 5000,
         publish_max_in_flight: int = 1,
+        persist_connection: str | None = None,
     ) -> None:
         self.region = region
         self.registry = registry
@@ -95,6 +96,8 @@ class IngestService:
         self.bus = bus
         self.db = db
         self.publish_timeout_s = publish_timeout_s
+        # persist's transactions run on this connection of db's (Database.dedicate_connection), if given.
+        self.persist_connection = persist_connection
         # Serialises the storage look-up + reservation step so concurrent batches cannot both accept
         # the same late reading; the common (in-memory) path never waits on it for long.
         self._lookup_lock = asyncio.Lock()
@@ -254,7 +257,7 @@ class IngestService:
         key_of = keys
         created: dict[str, int] = {}
         with tracer.start_as_current_span("ingest.persist") as span:
-            async with self.db.transaction() as session:
+            async with self.db.transaction(dedicated=self.persist_connection) as session:
                 rows: list[tuple[Any, ...]] = []
                 append = rows.append
                 newest_get = newest.get

@@ -38,8 +38,9 @@ class IngestSettings(ServiceSettings):
     offline_factor: float = 3.0
     status_check_interval_s: float = 10.0
     consumer_batch: int = 200
-    # SQLite page cache of the storing process's connections: room for the index pages the inserts
-    # touch (about one per sensor); the default 2 MiB holds ~500 sensors' worth.
+    # SQLite page cache of the persisting consumer's connection (its own: the others keep SQLite's
+    # default 2 MiB): room for the index pages the inserts touch (about one per sensor); 2 MiB holds
+    # ~500 sensors' worth.
     sqlite_cache_mib: int = Field(default=16, ge=2)
     # The storing consumer starts a transaction at most this often, letting messages accumulate in between
     # (storage latency, not acknowledgement latency); a transaction that took longer is followed at once.
