@@ -453,7 +453,11 @@ def start_serve_child(module: str, work: Path, env: dict[str, str]) -> tuple[sub
 def child_env(extra: dict[str, str]) -> dict[str, Any]:
     env = dict(os.environ)
     # The bench package is imported from the checkout, wherever the child's cwd is.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    paths = [str(REPO), env.get("PYTHONPATH", "")]
+    if os.environ.get("LIFELINE_BENCH_STALLS"):
+        # The stall probe (bench/stalls/sitecustomize.py): garbage collections and event-loop stalls.
+        paths.insert(0, str(REPO / "bench" / "stalls"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env.update(extra)
     return env
 

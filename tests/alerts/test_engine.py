@@ -276,3 +276,27 @@ def test_a_malformed_policy_is_refused_with_the_reason(tmp_path) -> None:
     own.write_text("[limits.I]\nverify_s = -5\n", encoding="utf-8")
     with pytest.raises(CatalogueError, match=r"limits\.I\.verify_s"):
         load_policy(own)
+
+
+def test_sensors_binding_the_same_rules_share_them_and_an_override_stays_their_own(engine: Engine) -> None:
+    # Memory with 10,000 sensors (issue #4): one bound tuple (and one no-data rule) per distinct binding.
+    engine.set_sensor(SensorContext("ch4-2", "gas.ch4", FAC, "340104"))
+    own = ThresholdOverride("gas.ch4", "value", ThresholdRule(direction="above", levels={Level.IV: 2.0}))
+    engine.set_sensor(SensorContext("ch4-3", "gas.ch4", FAC, "340104", thresholds=(own,)))
+    one, two, three = (engine.rules_for(engine.sensors[s]) for s in ("ch4-1", "ch4-2", "ch4-3"))
+    assert one is two and one[-1] is three[-1] and one[-1].kind == "no_data"
+    assert three != one and three[0].origin == "assets"
+    assert feed(engine, "ch4-3", [(0, 3), (30, 3)]) == [(30, "raised", "IV")]
+    assert feed(engine, "ch4-2", [(0, 3), (30, 3)]) == []
+    engine.rebind()  # rebuilt alike after a change of rules or contexts
+    assert engine.rules_for(engine.sensors["ch4-1"]) == one
+
+
+def test_a_rate_keeps_a_few_samples_per_horizon(engine: Engine) -> None:
+    engine.set_sensor(SensorContext("p-1", "gas.pressure", FAC, "340104"))
+    engine.set_rule(rate_rule("rate_per_minute", -10.0))
+    for k in range(200):  # a reading a second for 200 s, falling 1 per second: -60 per minute
+        engine.evaluate("p-1", T0 + k * S, 300.0 - k)
+    [tracker] = engine._rates.values()
+    assert len(tracker.samples) <= 9
+    assert tracker.rate(T0 + 200 * S, 100.0, 60_000) == pytest.approx(-60.0)

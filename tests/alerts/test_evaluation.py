@@ -182,3 +182,23 @@ async def test_warm_up_runs_the_writes_of_an_alert_and_keeps_none_of_them(servic
     _, [sid] = await gas_sensor(service)
     await service.evaluate([batch([(sid, T0, 70.0), (sid, T0 + 60 * S, 70.0)])])
     assert await outbox_subjects(service) == ["events.alerts.raised.340104"]
+
+
+async def test_the_loop_runs_between_the_messages_of_a_fetch(service: AlertsService) -> None:
+    # An alert committed for one message is published by the outbox relay (another task) while the rest
+    # of the fetch waits, not after it; and nothing else in the process waits for a whole fetch.
+    _, [sid] = await gas_sensor(service)
+    order: list[str] = []
+
+    async def other_task() -> None:
+        order.append("other task ran")
+
+    def fetch() -> Any:
+        yield batch([(sid, T0, 1.0)])  # normal readings: nothing to write, so no write's await either
+        order.append("second message")
+        yield batch([(sid, T0 + S, 1.0)])
+
+    other = asyncio.create_task(other_task())
+    await service.evaluate(fetch())
+    await other
+    assert order == ["other task ran", "second message"]

@@ -171,6 +171,8 @@ def fresh(n: int) -> list[str]:
 async def test_receiver_down_then_up_delivers_each_once_in_order(
     app: AlertsApp, client: httpx.AsyncClient, receiver: Receiver
 ) -> None:
+    # The worker makes its HTTP client (a TLS context with the CA bundle: ~1.4 MB) on the first delivery.
+    assert app.notify.worker._client is None
     hook = await create_hook(client, receiver.url)
     # The secret is shown once, at creation.
     assert hook["secret"] == SECRET
@@ -194,6 +196,7 @@ async def test_receiver_down_then_up_delivers_each_once_in_order(
         return len(log) == 5 and all(log[f"alert:{x}:1"]["total_attempts"] >= 3 for x in (a, b))
 
     await wait_until(retried_while_down, timeout=20)
+    assert app.notify.worker._client is not None
     log = {d["event_id"]: d for d in await deliveries(client, hook["id"])}
     # Later events of an alert wait for the first: never tried while it is not delivered.
     for later in (f"alert:{a}:2", f"alert:{a}:3", f"alert:{b}:2"):

@@ -249,6 +249,17 @@ def test_ingest_app_imports_no_grpc_until_it_serves_grpc() -> None:
     assert _last_line_printed_by(code) == "[]"
 
 
+def test_the_bench_service_children_import_none_of_the_bench_tooling() -> None:
+    # `python -m bench.<name> serve` is the process whose RSS the benches report (issue #4's alerts
+    # figure): the bench package must not bring httpx's command line (rich, pygments) into it.
+    repo = str(Path(__file__).resolve().parents[2])
+    code = (
+        f"import sys\nsys.path.insert(0, {repo!r})\nimport bench.alerts\n"
+        "print(sorted(m for m in ('rich', 'pygments') if m in sys.modules))\n"
+    )
+    assert _last_line_printed_by(code) == "[]"
+
+
 def _last_line_printed_by(code: str) -> str:
     """Run ``code`` in a fresh Python (what a process imports depends on what ran before in it)."""
     cmd = [sys.executable, "-c", code]

@@ -27,6 +27,7 @@ from .consumers import (
     StatusHandler,
 )
 from .endpoints import router
+from .memory import HeapTrimmer
 from .notify.wiring import NotifyParts
 from .policy import load_policy
 from .service import AlertsService
@@ -56,12 +57,13 @@ class AlertsApp(Service):
         )
         await self.service.load()
         await self.service.warm_up()
+        trimmer = HeapTrimmer()
         census = PullConsumer(
             self.bus,
             stream="EVENTS",
             durable=f"alerts-assets-{region}",
             filter_subject=ASSETS_SUBJECT,
-            handler=AssetsHandler(self.service),
+            handler=AssetsHandler(self.service, trimmer),
             batch=256,
             fetch_timeout=0.25,
         )
@@ -73,6 +75,7 @@ class AlertsApp(Service):
         # The census first: a sensor's context should be known before its readings are evaluated.
         gate = CensusGate(census, snapshot=self.snapshot)
         self.background += [
+            trimmer,
             census,
             gate,
             PullConsumer(
@@ -80,7 +83,7 @@ class AlertsApp(Service):
                 stream="READINGS",
                 durable=f"alerts-readings-{region}",
                 filter_subject=READINGS_SUBJECT,
-                handler=ReadingsHandler(self.service, gate),
+                handler=ReadingsHandler(self.service, gate, trimmer),
                 batch=s.consumer_batch,
                 linger=s.consumer_linger_s,
                 fetch_timeout=0.25,

@@ -17,6 +17,7 @@ from lifeline.kit.runtime import freeze_heap
 from lifeline.v1 import telemetry_pb2
 
 from .census import CensusSnapshot
+from .memory import HeapTrimmer
 from .service import AlertsService
 
 log = logging.getLogger(__name__)
@@ -79,15 +80,18 @@ class CensusGate:
 
 
 class ReadingsHandler:
-    def __init__(self, service: AlertsService, gate: CensusGate) -> None:
+    def __init__(self, service: AlertsService, gate: CensusGate, trimmer: HeapTrimmer | None = None) -> None:
         self.service = service
         self.gate = gate
+        self.trimmer = trimmer
 
     async def __call__(self, msgs: list[Msg]) -> None:
         await self.gate.ready.wait()
         # Decoded one message at a time: a batch of 64 × 500 readings all decoded at once would set the
         # process's memory high-water mark for nothing.
         await self.service.evaluate(telemetry_pb2.ReadingsAccepted.FromString(m.data) for m in msgs)
+        if self.trimmer is not None:
+            self.trimmer.note(len(msgs))
 
 
 class StatusHandler:
@@ -101,9 +105,12 @@ class StatusHandler:
 
 
 class AssetsHandler:
-    def __init__(self, service: AlertsService) -> None:
+    def __init__(self, service: AlertsService, trimmer: HeapTrimmer | None = None) -> None:
         self.service = service
+        self.trimmer = trimmer
 
     async def __call__(self, msgs: list[Msg]) -> None:
         # events.assets.<entity>.<region>
         await self.service.apply_assets((m.subject.split(".")[2], m.data) for m in msgs)
+        if self.trimmer is not None:
+            self.trimmer.note(len(msgs))

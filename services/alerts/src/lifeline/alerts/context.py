@@ -8,6 +8,7 @@ an unknown or malformed field is ignored, never fatal for the evaluation of the 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from google.protobuf import json_format
@@ -61,7 +62,15 @@ def is_retired(doc: dict[str, Any]) -> bool:
 
 
 def _enum_name(value: Any, prefix: str) -> str:
-    return str(value or "").removeprefix(prefix).lower()
+    return sys.intern(str(value or "").removeprefix(prefix).lower())
+
+
+def _shared(value: Any) -> str:
+    """A field many entities repeat (quantity, region, facility code, kind): one string for all of them.
+
+    Each decoded event carries its own copies: without this 10,000 sensors held ~30,000 equal strings
+    (~1.8 MB) for a few hundred distinct values."""
+    return sys.intern(str(value if value is not None else ""))
 
 
 def _float(value: Any) -> float | None:
@@ -133,12 +142,12 @@ def sensor_context(doc: dict[str, Any]) -> SensorContext:
                 windows.append(
                     Window(kind=_enum_name(w.get("kind"), "WINDOW_KIND_"), start_ms=int(start), end_ms=int(end))
                 )
-    quantity = str(doc.get("quantity", ""))
+    quantity = _shared(doc.get("quantity", ""))
     return SensorContext(
         sensor_id=str(doc.get("sensor_id", "")),
         quantity=quantity,
-        facility_code=str(doc.get("facility_code", "")),
-        region=str(doc.get("region", "")),
+        facility_code=_shared(doc.get("facility_code", "")),
+        region=_shared(doc.get("region", "")),
         active=not is_retired(doc),
         setpoint=_float(doc.get("setpoint")),
         baseline=_float(doc.get("baseline")),
@@ -149,9 +158,9 @@ def sensor_context(doc: dict[str, Any]) -> SensorContext:
 
 def facility_context(doc: dict[str, Any]) -> FacilityContext:
     return FacilityContext(
-        code=str(doc.get("code", "")),
+        code=_shared(doc.get("code", "")),
         kind=_enum_name(doc.get("kind"), "FACILITY_KIND_"),
-        region=str(doc.get("region", "")),
-        unit_id=str(doc.get("unit_id", "")),
+        region=_shared(doc.get("region", "")),
+        unit_id=_shared(doc.get("unit_id", "")),
         thresholds=thresholds(doc.get("thresholds"), "", f"facility {doc.get('code')}"),
     )

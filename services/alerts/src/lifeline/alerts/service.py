@@ -162,8 +162,9 @@ class AlertsService:
         self.network = Network()
         self._facility_points: dict[str, tuple[tuple[float, float], ...]] = {}
         self.risks = RiskRegister()
-        # Versions of the census entities held, so a snapshot's unchanged items cost no database round trip.
-        self.census_versions: dict[tuple[str, str], int] = {}
+        # Versions of the census entities held, by entity then key, so a snapshot's unchanged items cost no
+        # database round trip. (Keyed by (entity, key) tuples it took 0.7 MB more for 12,500 entities.)
+        self.census_versions: dict[str, dict[str, int]] = {entity: {} for entity in repository.CTX}
         self._silences: list[dict[str, Any]] = []
         # Silences whose start / end the timer has already applied to open alerts (see check_silences).
         self._silences_started: set[str] = set()
@@ -181,7 +182,7 @@ class AlertsService:
             for entity in ("facility", "sensor", "unit", "link", "risk"):
                 for doc in await repository.all_ctx(session=session, entity=entity):
                     key = str(doc.get(repository.CTX[entity][1], ""))
-                    self.census_versions[(entity, key)] = int(doc.get("version", 0))
+                    self.census_versions[entity][key] = int(doc.get("version", 0))
                     self._hold(entity, doc, rebind=False)
             for row in await repository.live_rules(session=session):
                 self.engine.api_rules[row.id] = rule_spec(dict(row.doc), self.policy)
@@ -241,7 +242,7 @@ class AlertsService:
         for entity, key, version, doc in docs:
             k = (entity, key)
             # Only the newest version of an entity in the batch counts; older ones cost nothing.
-            if key and version > self.census_versions.get(k, -1) and version > newest.get(k, (-1, None))[0]:
+            if key and version > self.census_versions[entity].get(key, -1) and version > newest.get(k, (-1, None))[0]:
                 newest[k] = (version, doc)
         if not newest:
             return 0
@@ -261,9 +262,10 @@ class AlertsService:
             self.engine.forget(gone)
         facilities = False
         for entity, key, version, doc in kept:
-            if version < self.census_versions.get((entity, key), -1):
+            held = self.census_versions[entity]
+            if version < held.get(key, -1):
                 continue  # a newer version came in meanwhile (snapshot and events run side by side)
-            self.census_versions[(entity, key)] = version
+            held[key] = version
             self._hold(entity, doc, rebind=False)
             facilities |= entity == "facility"
         if facilities:
@@ -364,6 +366,10 @@ class AlertsService:
                     engine.begin()
                     written += len(changes)
                     changes = []
+                # Let the loop run between messages (a fetch is up to 64 × 500 readings, 100+ ms under
+                # load, and a SQLite write does not yield): the outbox relay publishes an alert just
+                # committed now, not after the rest of the fetch, and NATS I/O and requests go on.
+                await asyncio.sleep(0)
             await self._write(changes)
         except BaseException:
             engine.rollback()

@@ -366,15 +366,18 @@ class Notifications:
         jittered: float = delay * random.uniform(0.5, 1.0)
         return jittered
 
-    async def deliver_due(self, client: httpx.AsyncClient) -> int:
-        """Send every delivery that is due now and heads its alert's queue; return how many were tried."""
+    async def deliver_due(self, client: Callable[[], httpx.AsyncClient]) -> int:
+        """Send every delivery that is due now and heads its alert's queue; return how many were tried.
+
+        ``client`` gives the HTTP client, called only when a delivery was claimed (see DeliveryWorker)."""
         s = self.settings
         now = self.clock()
         lease_ms = int((s.timeout_s + 30) * 1000)
         async with self.db.transaction() as session:
             claimed = await repository.claim_due(session=session, now_ms=now, lease_ms=lease_ms, limit=s.concurrency)
         if claimed:
-            await asyncio.gather(*(self._attempt(client, d) for d in claimed))
+            http = client()
+            await asyncio.gather(*(self._attempt(http, d) for d in claimed))
         return len(claimed)
 
     async def _attempt(self, client: httpx.AsyncClient, d: dict[str, Any]) -> None:
