@@ -29,7 +29,7 @@ def _needs_dev_idp() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_demo_runs_and_stores_readings(tmp_path: Path) -> None:
     _needs_dev_idp()
     data_dir = tmp_path / "demo"
@@ -39,11 +39,12 @@ def test_demo_runs_and_stores_readings(tmp_path: Path) -> None:
             str(LIFELINE),
             "demo",
             "--duration",
-            "40",
+            "55",
             "--data-dir",
             str(data_dir),
             "--speed",
-            "10",
+            # ×30: the gas leak (+3 simulated minutes) reaches alert level IV and escalates within the run.
+            "30",
             "--backfill-hours",
             "0.5",
             # Never the demo's fixed ports in tests: other workers and developers may use them.
@@ -52,13 +53,23 @@ def test_demo_runs_and_stores_readings(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=80,
+        timeout=110,
     )
     out = proc.stdout
     assert proc.returncode == 0, f"stdout:\n{out[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
 
     # The panel tells where to look.
-    for needle in ("/docs", "/metrics", "/readyz", "reflection", "devices/340100/<client>/readings", "TOKEN=$(curl"):
+    for needle in (
+        "/docs",
+        "/metrics",
+        "/readyz",
+        "reflection",
+        "devices/340100/<client>/readings",
+        "TOKEN=$(curl",
+        "/v1/alerts/stream",
+        "lifeline.v1.AlertService/Watch",
+        "/v1/facilities",
+    ):
         assert needle in out, needle
     issuer = re.search(r"OIDC issuer\s+(\S+)", out)
     assert issuer and issuer.group(1).endswith("/realms/lifeline")
@@ -93,8 +104,17 @@ def test_demo_runs_and_stores_readings(tmp_path: Path) -> None:
         reasons = re.search(r"原因 reasons: ([^)]*)\)", sim.group(3))
         assert reasons and set(re.findall(r"([a-z_]+) [\d,]+", reasons.group(1))) <= {"out_of_range"}, sim.group(0)
     assert "unknown_sensor" not in out
-    # Incidents are scripted at +3 and +7 simulated minutes; at ×10 the gas leak shows within the run.
-    assert "燃气泄漏 gas leak 开始 started" in out
+    # Incidents are scripted at +3 and +7 simulated minutes; at ×30 both show within the run.
+    leak = re.search(r"燃气泄漏 gas leak 开始 started \(.*\) at (\S+)", out)
+    assert leak, out[-4000:]
+    # The gas leak's CH4 sensor raises an alert, printed from the alerts service's live feed (SSE) as it
+    # happens, and the progress lines count open alerts by level.
+    raised = [line for line in lines if line.startswith("🚨 预警 alert raised") and f" {leak.group(1)} " in line]
+    assert raised, out[-4000:]
+    assert re.search(r"级 .* %LEL — …/v1/alerts/[0-9a-f-]{36}$", raised[0]), raised[0]
+    assert any(re.search(r"预警 alerts: 未关闭 open [1-9]", p) for p in progress), progress[-1]
+    summary = re.search(r"预警事件 alert events: 🚨 预警 alert raised (\d+)", out)
+    assert summary and int(summary.group(1)) >= 1, out[-2000:]
     assert "已停止 stopped." in out
 
     # Everything it started has stopped (nats-server runs with its config under the data directory),

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import shutil
 import socket
 import sys
@@ -64,6 +66,7 @@ IDP_PORT = 8180
 # sensors with it, and the demo loads the census and reads progress with it.
 SERVICES_CLIENT = ("lifeline-services", "dev-secret")
 SIMULATOR_CLIENT = ("simulator", "dev-secret")
+OPERATOR_CLIENT = ("operator-340100", "dev-secret")
 PARTNER_CLIENT = ("partner-340100", "dev-secret")
 GAS_LEAK_AT_S = 180.0
 BURST_AT_S = 420.0
@@ -133,6 +136,9 @@ class Demo:
     started: float = field(default_factory=time.monotonic)
     stored: int = 0
     accepted: int = 0
+    open_alerts: int = 0
+    # Alert events printed as they came (the live feed's ids): the test and the final line count them.
+    alert_events: Counter[str] = field(default_factory=Counter)
     # Why ingest refused simulated readings, by reason (the simulator sends a few out of range on purpose).
     refusals: Counter[str] = field(default_factory=Counter)
 
@@ -190,8 +196,67 @@ def _ingest_try_it(demo: Demo, svc: Service) -> list[str]:
     ]
 
 
-PANELS: dict[str, Callable[[Demo, Service], list[str]]] = {"ingest": _ingest_panel}
-TRY_IT: dict[str, Callable[[Demo, Service], list[str]]] = {"ingest": _ingest_try_it}
+def _assets_panel(demo: Demo, svc: Service) -> list[str]:
+    assert svc.http is not None
+    base = svc.http.url
+    grpc_addr = svc.grpc.address if svc.grpc else "—"
+    return [
+        "资产普查 assets（设施、传感器、管网拓扑、风险源 / facilities, sensors, network topology, risk sources）",
+        f"  REST 接口 API          {base}/v1   (/facilities /sensors /units /links /risks)",
+        f"  接口文档 OpenAPI docs   {base}/docs",
+        f"  gRPC（已开启反射 reflection on）  {grpc_addr}",
+    ]
+
+
+def _alerts_panel(demo: Demo, svc: Service) -> list[str]:
+    assert svc.http is not None
+    base = svc.http.url
+    grpc_addr = svc.grpc.address if svc.grpc else "—"
+    return [
+        "预警服务 alerts（四级预警、处置流程、静默与抑制"
+        " / four-level warnings, the handling workflow, silences, inhibition）",
+        f"  REST 接口 API          {base}/v1/alerts   (/rules /silences /webhooks)",
+        f"  接口文档 OpenAPI docs   {base}/docs",
+        f"  实时推送 live (SSE)     {base}/v1/alerts/stream",
+        f"  gRPC（已开启反射 reflection on）  {grpc_addr}   lifeline.v1.AlertService/Watch",
+        f"  指标 Metrics            {base}/metrics",
+    ]
+
+
+def _assets_try_it(demo: Demo, svc: Service) -> list[str]:
+    assert svc.http is not None
+    base = svc.http.url
+    return [
+        "  # 燃气设施 / gas facilities of the census (a page; next_page_token for more)",
+        f'  curl -s -H "Authorization: Bearer $TOKEN" "{base}/v1/facilities?kind=gas&limit=5"',
+    ]
+
+
+def _alerts_try_it(demo: Demo, svc: Service) -> list[str]:
+    assert svc.http is not None
+    base = svc.http.url
+    return [
+        "  # 未关闭的预警（I 红 … IV 蓝）/ open alerts (I red … IV blue), newest first",
+        f'  curl -s -H "Authorization: Bearer $TOKEN" "{base}/v1/alerts?limit=20"',
+        "  # 实时跟随预警事件 / follow alert events live (Server-Sent Events)",
+        f'  curl -sN -H "Authorization: Bearer $TOKEN" {base}/v1/alerts/stream',
+        f"  # 处置：开始核实（值班员令牌 operator token: client_id={OPERATOR_CLIENT[0]}）"
+        " / handle one: start verifying",
+        '  curl -s -X POST -H "Authorization: Bearer $OP_TOKEN" -H "Content-Type: application/json" \\',
+        f'      -d \'{{"to_state":"verifying","comment":"现场核实"}}\' {base}/v1/alerts/<id>/transitions',
+    ]
+
+
+PANELS: dict[str, Callable[[Demo, Service], list[str]]] = {
+    "assets": _assets_panel,
+    "ingest": _ingest_panel,
+    "alerts": _alerts_panel,
+}
+TRY_IT: dict[str, Callable[[Demo, Service], list[str]]] = {
+    "assets": _assets_try_it,
+    "ingest": _ingest_try_it,
+    "alerts": _alerts_try_it,
+}
 
 
 def _metric_sum(text: str, name: str, label: str | None = None) -> float:
@@ -245,8 +310,29 @@ async def _ingest_progress(demo: Demo, svc: Service, http: httpx.AsyncClient, to
     return line
 
 
+async def _alerts_progress(demo: Demo, svc: Service, http: httpx.AsyncClient, token: str) -> str:
+    assert svc.http is not None
+    resp = await http.get(
+        f"{svc.http.url}/v1/alerts", params={"limit": 1000}, headers={"Authorization": f"Bearer {token}"}
+    )
+    resp.raise_for_status()
+    alerts = resp.json()["alerts"]
+    by_level = Counter(a["level"] for a in alerts)
+    demo.open_alerts = len(alerts)
+    levels = " · ".join(f"{lv} {by_level.get(lv, 0)}" for lv in ("I", "II", "III", "IV"))
+    line = f"预警 alerts: 未关闭 open {len(alerts)} ({levels})"
+    overdue = sum(1 for a in alerts if a["overdue"])
+    suppressed = sum(1 for a in alerts if a["suppressed"])
+    if overdue:
+        line += f" · 超时 overdue {overdue}"
+    if suppressed:
+        line += f" · 已抑制 suppressed {suppressed}"
+    return line
+
+
 PROGRESS: dict[str, Callable[[Demo, Service, httpx.AsyncClient, str], Awaitable[str]]] = {
     "ingest": _ingest_progress,
+    "alerts": _alerts_progress,
 }
 
 INCIDENT_NAMES = {"gas_leak": "燃气泄漏 gas leak", "water_burst": "供水爆管 water-main burst"}
@@ -393,6 +479,7 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
     sim_task: asyncio.Task[SimulatorStats] | None = None
     sim_stop = asyncio.Event()
     sim_http: httpx.AsyncClient | None = None
+    alerts_task: asyncio.Task[None] | None = None
     creds: list[ClientCredentials] = []
     rc = 0
     try:
@@ -447,6 +534,8 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
         say(panel(demo))
         say()
 
+        if demo.service("alerts") is not None:
+            alerts_task = asyncio.create_task(_follow_alerts(demo, reader_creds, say, catalogue), name="alerts-feed")
         sim_creds = ClientCredentials(settings.oidc_issuer, *SIMULATOR_CLIENT)
         creds.append(sim_creds)
         sim_http = httpx.AsyncClient(
@@ -487,6 +576,13 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
                     f" · 重复 duplicates {stats.duplicates:,} · 拒收 rejected {stats.rejected:,}"
                     f"{_reasons(demo.refusals) if demo else ''} · 重试 retries {stats.retries:,}"
                 )
+        if alerts_task is not None:
+            alerts_task.cancel()
+            with contextlib.suppress(BaseException):
+                await alerts_task
+            assert demo is not None
+            events = " · ".join(f"{KIND_NAMES.get(k, k)} {n}" for k, n in demo.alert_events.items()) or "—"
+            say(f"预警事件 alert events: {events} | 未关闭 open {demo.open_alerts}")
         if sim_http is not None:
             with contextlib.suppress(Exception):
                 await sim_http.aclose()
@@ -638,3 +734,66 @@ def _announce_incidents(demo: Demo, announced: set[str], say: Callable[[str], No
                 f"▶ {INCIDENT_NAMES.get(kind, kind)} 开始 started ({_cst(inc.start_ms)}) at {inc.primary}"
                 f" — curl …/v1/sensors/{inc.primary}/latest"
             )
+
+
+# ─────────────────────────────────────────── live alerts ───────────────────────────────────────────
+
+LEVEL_NAMES = {"I": "I 级 红 red", "II": "II 级 橙 orange", "III": "III 级 黄 yellow", "IV": "IV 级 蓝 blue"}
+# What the console shows as it happens; people's transitions show in the progress counts instead.
+FOLLOWED_KINDS = ("raised", "level_changed", "cleared", "overdue")
+KIND_NAMES = {
+    "raised": "🚨 预警 alert raised",
+    "level_changed": "↕ 预警级别变化 level changed",
+    "cleared": "✓ 预警解除 condition cleared",
+    "overdue": "⏰ 处置超时 overdue",
+}
+_LEVEL_RE = re.compile(r"WARNING_LEVEL_([IV]+)_")
+
+
+def alert_event_line(body: dict[str, Any], catalogue: Any = None) -> str:
+    """One console line for an alert event as the SSE stream delivers it (webhooks get the same body)."""
+    kind = body.get("kind", "")
+    alert = body.get("event", {}).get("alert", {})
+    m = _LEVEL_RE.match(alert.get("level", ""))
+    level = LEVEL_NAMES.get(m.group(1), m.group(1)) if m else "?"
+    quantity = alert.get("quantity", "")
+    what = quantity
+    unit = ""
+    with contextlib.suppress(Exception):
+        q = catalogue.get(quantity)
+        what, unit = f"{q.names.get('zh-CN', quantity)} / {q.names.get('en', quantity)}", q.unit
+    measure = alert.get("measure", "RULE_MEASURE_VALUE").removeprefix("RULE_MEASURE_").lower()
+    value = float(alert.get("last_value", 0.0))
+    shown = f"{value:g} {unit}".rstrip() if measure == "value" else f"{measure} {value:g}"
+    line = f"{KIND_NAMES.get(kind, kind)} · {level} · {alert.get('sensor_id', '?')} {what}: {shown}"
+    if alert.get("suppressed"):
+        line += f" · 已抑制 suppressed ({alert.get('suppressed_by', '')})"
+    return line + f" — …/v1/alerts/{body.get('alert_id', '')}"
+
+
+async def _follow_alerts(
+    demo: Demo, reader: ClientCredentials, say: Callable[[str], None], catalogue: Any = None
+) -> None:
+    """Print alert events as the alerts service streams them (SSE), resuming after the last one seen."""
+    base = demo.http_url("alerts")
+    last_id: str | None = None
+    params = [("kind", k) for k in FOLLOWED_KINDS]
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as http:
+        while True:
+            try:
+                headers = {"Authorization": f"Bearer {await reader.token()}"}
+                if last_id:
+                    headers["Last-Event-ID"] = last_id
+                async with http.stream("GET", f"{base}/v1/alerts/stream", params=params, headers=headers) as resp:
+                    resp.raise_for_status()
+                    async for line in resp.aiter_lines():
+                        if line.startswith("id: "):
+                            last_id = line[4:]
+                        elif line.startswith("data: "):
+                            body = json.loads(line[6:])
+                            demo.alert_events[body.get("kind", "")] += 1
+                            say(alert_event_line(body, catalogue))
+            except (httpx.HTTPError, ValueError) as exc:
+                # The stream ends when the service restarts or this follower falls behind: follow again.
+                log.info("alert stream interrupted: %r; following again", exc)
+            await asyncio.sleep(1.0)
