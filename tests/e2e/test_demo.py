@@ -16,6 +16,8 @@ import pytest
 
 from lifeline.kit.devidp import find_dev_idp_dir
 from lifeline.launcher.census import packaged_dir, read_census
+from lifeline.launcher.demo import burst_along_the_network
+from lifeline.launcher.simulator import sample_sensors
 
 LIFELINE = Path(sys.executable).parent / "lifeline"
 
@@ -113,6 +115,13 @@ def test_demo_runs_and_stores_readings(tmp_path: Path) -> None:
     assert raised, out[-4000:]
     assert re.search(r"级 .* %LEL — …/v1/alerts/[0-9a-f-]{36}$", raised[0]), raised[0]
     assert any(re.search(r"预警 alerts: 未关闭 open [1-9]", p) for p in progress), progress[-1]
+    # The water-main burst on the census's network: the downstream segments' low-pressure alerts are
+    # kept and marked as suppressed by the burst's alert (alerts' inhibition along assets' links).
+    burst = re.search(
+        r"🚨 预警 alert raised · I 级 红 red · (HF-WS-PRESSURE-\d+) .*/v1/alerts/([0-9a-f-]{36})$", out, re.M
+    )
+    assert burst, out[-4000:]
+    assert any("HF-WS-PRESSURE-" in line and f"已抑制 suppressed ({burst.group(2)})" in line for line in lines)
     summary = re.search(r"预警事件 alert events: 🚨 预警 alert raised (\d+)", out)
     assert summary and int(summary.group(1)) >= 1, out[-2000:]
     assert "已停止 stopped." in out
@@ -126,3 +135,19 @@ def test_demo_runs_and_stores_readings(tmp_path: Path) -> None:
     assert (data_dir / "city-340100" / "ingest.db").is_file()
     assert (data_dir / "nats" / "jetstream").is_dir()
     assert (data_dir / "logs" / "lifeline.log").stat().st_size > 0
+
+
+def test_the_demo_bursts_a_main_with_monitored_segments_downstream() -> None:
+    links = read_census(packaged_dir(), "340100")["links"]
+    sensors = sample_sensors()
+    burst = burst_along_the_network(sensors, links)
+    assert burst.pressure_sensor and burst.neighbours
+    down: dict[str, set[str]] = {}
+    for link in links:
+        down.setdefault(link["from_code"], set()).add(link["to_code"])
+    reach, frontier = set(), {sensors[burst.pressure_sensor].facility_code}
+    for _ in range(3):
+        frontier = {n for f in frontier for n in down.get(f, ())}
+        reach |= frontier
+    for sid in burst.neighbours:
+        assert sensors[sid].quantity == "water.pressure" and sensors[sid].facility_code in reach, sid

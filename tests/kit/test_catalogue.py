@@ -346,6 +346,28 @@ def test_range_override_is_in_the_sensor_unit(tmp_path: Path, cat: QuantityCatal
         load_sensors(path, cat)
 
 
+def test_setpoint_and_baseline_are_read_in_the_canonical_unit(tmp_path: Path, cat: QuantityCatalogue) -> None:
+    # What relative rules compare with (deviation_pct: setpoint; drop/rise_pct: baseline): optional, a
+    # finite number, in the quantity's unit whatever the sensor reports in (a kPa gauge, MPa baseline).
+    header = HEADER.rstrip("\n") + ",setpoint,baseline\n"
+    path = tmp_path / "sensors.csv"
+    path.write_text(
+        header
+        + "G-1,gas.pressure,MPa,340100,3401041101000001,60,31.85,117.2,active,,,300,\n"
+        + "W-1,water.pressure,kPa,340100,3401041201000001,60,31.85,117.2,active,,,,0.42\n"
+        + "W-2,water.pressure,MPa,340100,3401041201000002,60,31.85,117.2,active,,,,\n",
+        encoding="utf-8",
+    )
+    got = load_sensors(path, cat)
+    assert (got["G-1"].setpoint, got["G-1"].baseline) == (300.0, None)
+    assert (got["W-1"].setpoint, got["W-1"].baseline) == (None, 0.42)
+    assert (got["W-2"].setpoint, got["W-2"].baseline) == (None, None)
+    for bad, why in (("abc", "must be a number"), ("nan", "finite"), ("inf", "finite")):
+        path.write_text(header + f"G-1,gas.pressure,kPa,340100,3401041101000001,60,31.85,117.2,active,,,{bad},\n")
+        with pytest.raises(RegistryError, match=rf":2: .*setpoint.*{why}|:2: .*{why}"):
+            load_sensors(path, cat)
+
+
 def test_written_registry_reads_back(tmp_path: Path, cat: QuantityCatalogue) -> None:
     sensors = load_sensors(SAMPLE, cat)
     out = tmp_path / "copy.csv"

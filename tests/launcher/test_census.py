@@ -164,6 +164,11 @@ async def test_census_loads_into_assets_once(
         assert unit["contacts"][0]["name"] == "调度值班室" and unit["domains"] == ["gas"]
         sensor = (await c.get("/v1/sensors/HF-GS-CH4-001")).json()
         assert sensor["facility_code"] == "3401041102000001" and sensor["region"] == "340104"
+        # Pressure sensors arrive with what alerts' relative rules compare with (canonical units).
+        by_id = {s["sensor_id"]: s for s in census["sensors"]}
+        for sid in ("HF-GS-PRESSURE-001", "HF-WS-PRESSURE-001"):
+            got = (await c.get(f"/v1/sensors/{sid}")).json()
+            assert (got["setpoint"], got["baseline"]) == (by_id[sid].get("setpoint"), by_id[sid].get("baseline"))
         link = (await c.get(f"/v1/links/{census['links'][0]['id']}")).json()
         assert (link["from_code"], link["to_code"]) == (census["links"][0]["from_code"], census["links"][0]["to_code"])
         risk = (await c.get(f"/v1/risks/{census['risks'][0]['id']}")).json()
@@ -204,6 +209,23 @@ async def test_census_loads_into_assets_once(
     print(f"census of {sum(sizes.values())} items loaded in {elapsed:.1f} s ({stats.summary()})")
 
 
+def test_pressure_sensors_have_what_their_default_rules_compare_with() -> None:
+    # gas.pressure's default rule is a deviation from the setpoint, water.pressure's a drop below the
+    # baseline: without them a new city's pressure sensors would raise nothing for days (same-hour
+    # baselines need history). Plausible values, in the canonical unit, and nothing on other quantities.
+    cat = load_quantities()
+    for region in CITIES:
+        sensors = read_census(packaged_dir(), region)["sensors"]
+        for s in sensors:
+            if s["quantity"] == "gas.pressure":
+                assert s.get("setpoint") in (100.0, 200.0, 300.0, 350.0) and "baseline" not in s, s
+                assert cat.get("gas.pressure").range[0] < s["setpoint"] < cat.get("gas.pressure").range[1]
+            elif s["quantity"] == "water.pressure":
+                assert 0.28 <= s.get("baseline", 0) <= 0.45 and "setpoint" not in s, s
+            else:
+                assert "setpoint" not in s and "baseline" not in s, s
+
+
 def test_census_files_are_what_the_import_reads() -> None:
     paths = census_files(packaged_dir(), "340100")
     assert [p.suffix for p in paths.values()] == [".geojson", ".geojson", ".csv", ".csv", ".geojson"]
@@ -215,4 +237,6 @@ def test_census_files_are_what_the_import_reads() -> None:
     assert all(f["geometry"] is None for f in units)
     header = paths["sensors"].read_text(encoding="utf-8").splitlines()[0]
     # Only columns the sensor import knows (region is derived from the facility, so it is ignored).
-    assert header == "sensor_id,quantity,unit,region,facility_code,interval_s,lat,lon,status,range_min,range_max"
+    assert header == (
+        "sensor_id,quantity,unit,region,facility_code,interval_s,lat,lon,status,range_min,range_max,setpoint,baseline"
+    )

@@ -194,6 +194,30 @@ def test_water_burst_drops_pressure_on_the_segment(cat: QuantityCatalogue, senso
         assert drop(sid) < -20  # a negative drop: flow rises
 
 
+def test_pressure_runs_around_the_registry_setpoint_and_baseline(
+    cat: QuantityCatalogue, sensors: dict[str, SensorSpec]
+) -> None:
+    # The census's setpoint/baseline are what the sensors run around (what alerts compares with): a day
+    # of normal operation stays inside the IV thresholds (10 %), so the demo raises nothing before the
+    # incidents; another setpoint in the registry moves the readings with it.
+    sample = {sid: s for sid, s in sensors.items() if s.quantity in ("gas.pressure", "water.pressure") and s.active}
+    sim = Simulator(sample, cat, 7, MIDNIGHT, gas_leak=None, water_burst=None)
+    readings = [r for r in sim.readings_between(MIDNIGHT, MIDNIGHT + 24 * HOUR) if r["quality"] == "good"]
+    assert readings
+    for sid, spec in sample.items():
+        nominal = spec.setpoint if spec.quantity == "gas.pressure" else spec.baseline
+        assert nominal is not None, sid
+        worst = max(abs(canonical(cat, sample, r) - nominal) / nominal * 100 for r in of(readings, sid))
+        assert worst < 8, (sid, worst)
+    gas = next(s for s in sample.values() if s.quantity == "gas.pressure")
+    moved = {gas.sensor_id: gas.model_copy(update={"setpoint": gas.setpoint * 2})}
+    doubled = Simulator(moved, cat, 7, MIDNIGHT, gas_leak=None, water_burst=None).readings_between(
+        MIDNIGHT, MIDNIGHT + HOUR
+    )
+    mean = sum(canonical(cat, moved, r) for r in doubled) / len(doubled)
+    assert mean == pytest.approx(gas.setpoint * 2, rel=0.05)
+
+
 def test_dropouts_produce_gaps(cat: QuantityCatalogue, sensors: dict[str, SensorSpec]) -> None:
     sim = Simulator(sensors, cat, 11, MIDNIGHT, gas_leak=None, water_burst=None)
     start, end = MIDNIGHT, MIDNIGHT + 24 * HOUR

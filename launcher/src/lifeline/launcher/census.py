@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -470,8 +471,9 @@ class Census:
         prefix = f"{self.city.prefix}-{DOMAIN_ABBR[domain]}-{name.upper()}"
         self._count[prefix] = self._count.get(prefix, 0) + 1
         lat, lon = (fac.lat, fac.lon) if near_m <= 0 else offset(self.rng, fac.lat, fac.lon, 2.0, near_m)
+        sensor_id = f"{prefix}-{self._count[prefix]:03d}"
         spec = SensorSpec(
-            sensor_id=f"{prefix}-{self._count[prefix]:03d}",
+            sensor_id=sensor_id,
             quantity=quantity,
             unit=unit or q.unit,
             region=fac.region,
@@ -481,6 +483,7 @@ class Census:
             lon=round(lon, 6),
             range_min=range_[0] if range_ else None,
             range_max=range_[1] if range_ else None,
+            **nominal(quantity, sensor_id),
         )
         self.sensors.append(spec)
         return spec
@@ -500,6 +503,28 @@ class Census:
 
     def nearest(self, point: LatLon, candidates: Iterable[Facility]) -> Facility:
         return min(candidates, key=lambda f: distance_m(point, f.point))
+
+
+# Operating pressures of medium-pressure gas mains (B up to 0.2 MPa, A up to 0.4 MPa), in kPa.
+GAS_SETPOINTS_KPA = (100.0, 200.0, 300.0, 350.0)
+# Nominal service pressure of water mains, MPa (the municipal minimum is 0.28 at the tap's level).
+WATER_BASELINE_MPA = (0.28, 0.45)
+
+
+def nominal(quantity: str, sensor_id: str) -> dict[str, float]:
+    """A sensor's setpoint or baseline (canonical unit) where its quantity's default rule compares with one.
+
+    Gas pressure deviates from the regulator's setpoint; water pressure drops from the main's nominal
+    pressure (without one, alerts fall back to a same-hour baseline that needs days of history, so a new
+    city would see no burst for days). Drawn from the sensor id, not the census's random stream: adding
+    these kept every other figure of the census as it was. The simulator runs each sensor around them."""
+    u = int.from_bytes(hashlib.blake2b(f"nominal:{sensor_id}".encode(), digest_size=8).digest(), "little") / 2**64
+    if quantity == "gas.pressure":
+        return {"setpoint": GAS_SETPOINTS_KPA[int(u * len(GAS_SETPOINTS_KPA))]}
+    if quantity == "water.pressure":
+        lo, hi = WATER_BASELINE_MPA
+        return {"baseline": round(lo + (hi - lo) * u, 3)}
+    return {}
 
 
 def _monitored(c: Census) -> None:
@@ -1046,6 +1071,8 @@ def _sensor_body(s: SensorSpec) -> dict[str, Any]:
         "position": {"lon": s.lon, "lat": s.lat},
         "range_min": s.range_min,
         "range_max": s.range_max,
+        "setpoint": s.setpoint,
+        "baseline": s.baseline,
     }
     return {k: v for k, v in body.items() if v is not None}
 

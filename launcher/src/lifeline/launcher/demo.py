@@ -34,7 +34,7 @@ from typing import Any, TextIO
 import httpx
 
 from lifeline.kit.auth import ClientCredentials
-from lifeline.kit.catalogue import load_quantities
+from lifeline.kit.catalogue import SensorSpec, load_quantities
 from lifeline.kit.config import InstanceSettings, Tier
 from lifeline.kit.devidp import DevIdp, DevIdpUnavailable
 from lifeline.kit.natsserver import NatsServer, free_port
@@ -519,14 +519,15 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
 
         catalogue = load_quantities(None)
         lead_s = REPLAY_S if opts.speed > 1 else 0.0
+        sensors = sample_sensors(catalogue)
         sim = Simulator(
-            sample_sensors(catalogue),
+            sensors,
             catalogue,
             opts.seed,
             int(time.time() * 1000 - lead_s * 1000),
             opts.speed,
             gas_leak=GasLeak(start_s=GAS_LEAK_AT_S),
-            water_burst=WaterBurst(start_s=BURST_AT_S),
+            water_burst=burst_along_the_network(sensors, read_census(packaged_dir(), REGION)["links"]),
         )
         demo.sim = sim
         demo.clock = catch_up_clock(opts.speed, lead_s)
@@ -721,6 +722,38 @@ async def _watch(
         say(f"没有读数入库 no readings were stored; see {demo.data_dir / 'logs' / 'lifeline.log'}")
         return 1
     return 0
+
+
+def burst_along_the_network(sensors: dict[str, SensorSpec], links: list[dict[str, Any]], depth: int = 3) -> WaterBurst:
+    """The water-main burst on the census's network: the segment with the most monitored segments
+    downstream bursts, and the pressure sags on those downstream (the simulator alone knows no network
+    and would pick neighbours by distance). Alerts' inhibition then marks the downstream low-pressure
+    alerts as suppressed by the burst, as it would in a real city."""
+    by_facility = {
+        s.facility_code: s.sensor_id for s in sensors.values() if s.quantity == "water.pressure" and s.active
+    }
+    down: dict[str, list[str]] = {}
+    for link in links:
+        down.setdefault(link["from_code"], []).append(link["to_code"])
+
+    def downstream(code: str) -> list[str]:
+        seen, frontier, found = {code}, [code], []
+        for _ in range(depth):
+            frontier = [n for c in frontier for n in down.get(c, []) if n not in seen]
+            seen.update(frontier)
+            found += [by_facility[n] for n in frontier if n in by_facility]
+        return found
+
+    if not by_facility:
+        return WaterBurst(start_s=BURST_AT_S)
+    primary = min(by_facility, key=lambda code: (-len(downstream(code)), by_facility[code]))
+    neighbours = downstream(primary)[:4]
+    if not neighbours:
+        return WaterBurst(start_s=BURST_AT_S)
+    # Segments of a main lie kilometres apart: a radius that far lets the sag reach them (10–25 %).
+    return WaterBurst(
+        start_s=BURST_AT_S, pressure_sensor=by_facility[primary], neighbours=tuple(neighbours), radius_m=8000.0
+    )
 
 
 def _announce_incidents(demo: Demo, announced: set[str], say: Callable[[str], None]) -> None:

@@ -305,12 +305,21 @@ class Simulator:
             s.p[name] = a + (b - a) * _u(key, "param", name)
 
         code = q.code
+        # A registry's setpoint/baseline (the census gives pressure sensors one) is what the sensor runs
+        # around, so alerts' relative rules see what the sensor's operator would: normal, then the incident.
         if code == "gas.pressure":
-            s.p["setpoint"] = [100.0, 200.0, 300.0, 350.0][int(_u(key, "param", "sp") * 4)]
+            s.p["setpoint"] = (
+                spec.setpoint
+                if spec.setpoint is not None
+                else [100.0, 200.0, 300.0, 350.0][int(_u(key, "param", "sp") * 4)]
+            )
         elif code in ("gas.ch4", "utility_tunnel.ch4"):
             r("bg", 0.1, 1.2)
         elif code == "water.pressure":
-            r("p0", 0.28, 0.45)
+            if spec.baseline is not None:
+                s.p["p0"] = spec.baseline
+            else:
+                r("p0", 0.28, 0.45)
         elif code in ("water.flow", "water.night_min_flow"):
             # Per facility: a DMA's inlet flow and its night minimum come from the same meter.
             s.p["q0"] = 80.0 + 820.0 * _u(_key(self.seed, "facility:" + spec.facility_code), "param", "q0")

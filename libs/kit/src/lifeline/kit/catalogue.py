@@ -388,6 +388,11 @@ class SensorSpec(BaseModel):
     status: SensorStatus = SensorStatus.ACTIVE
     range_min: float | None = None
     range_max: float | None = None
+    # What relative rules compare with, in the quantity's canonical unit (not the sensor's): the operating
+    # pressure a gas regulator holds (deviation_pct), a main's nominal service pressure (drop/rise_pct,
+    # instead of a same-hour baseline that needs days of history). Assets keeps them; alerts reads them.
+    setpoint: float | None = Field(default=None, allow_inf_nan=False)
+    baseline: float | None = Field(default=None, allow_inf_nan=False)
 
     @field_validator("unit")
     @classmethod
@@ -517,6 +522,8 @@ SENSOR_CSV_FIELDS: tuple[str, ...] = (
     "status",
     "range_min",
     "range_max",
+    "setpoint",
+    "baseline",
 )
 _REQUIRED_FIELDS = ("sensor_id", "quantity", "region", "facility_code", "lat", "lon")
 
@@ -571,7 +578,7 @@ def _row_to_spec(row: Mapping[str, str | None], catalogue: QuantityCatalogue) ->
     if status not in {s.value for s in SensorStatus}:
         raise ValueError(f"sensor {sensor_id}: status must be 'active' or 'retired', got {status!r}")
     bounds: dict[str, float | None] = {}
-    for name in ("range_min", "range_max"):
+    for name in ("range_min", "range_max", "setpoint", "baseline"):
         raw = cell(name)
         try:
             bounds[name] = float(raw) if raw else None
@@ -590,6 +597,8 @@ def _row_to_spec(row: Mapping[str, str | None], catalogue: QuantityCatalogue) ->
             status=SensorStatus(status),
             range_min=bounds["range_min"],
             range_max=bounds["range_max"],
+            setpoint=bounds["setpoint"],
+            baseline=bounds["baseline"],
         )
     except ValidationError as exc:
         details = "; ".join(
@@ -680,6 +689,8 @@ def sensors_csv(
                 s.status.value,
                 _fmt(s.range_min),
                 _fmt(s.range_max),
+                _fmt(s.setpoint),
+                _fmt(s.baseline),
                 *(cols.get(f, "") for f in extra_fields),
             ]
         )
