@@ -382,8 +382,9 @@ def _with_fast_routes(app: Any) -> Any:
     """``app`` behind its fast routes' dispatch, when it has fast routes (see :class:`_FastRoutes`)."""
     state = getattr(app, "state", None)
     routes = getattr(state, "fast_routes", None)
-    # A root_path would have to be set on the scope as FastAPI does; no service uses one.
-    if routes is None or not isinstance(app, FastAPI) or app.root_path:
+    # A root_path would have to be set on the scope as FastAPI does; no service uses one. Without fast
+    # routes (yet), nothing to skip: a route added later is still answered by the in-stack dispatch.
+    if not routes or not isinstance(app, FastAPI) or app.root_path:
         return app
     return _FastRoutes(app, routes, state.fast_routes_language, owner=app)  # type: ignore[union-attr]
 
