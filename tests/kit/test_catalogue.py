@@ -21,6 +21,7 @@ from lifeline.kit.catalogue import (
     SensorSpec,
     UnitError,
     UnknownQuantityError,
+    iter_sensors,
     load_quantities,
     load_sensors,
     region_contains,
@@ -313,6 +314,30 @@ def test_registry_errors_name_the_line(tmp_path: Path, cat: QuantityCatalogue) -
     assert "outside the sensor's region" in lines[11]
     assert "lat" in lines[12]
     assert f"{path}:3: " in str(err) and err.line == 3
+
+
+def test_iter_sensors_yields_nothing_after_a_bad_line_and_names_every_bad_line_at_the_end(
+    tmp_path: Path, cat: QuantityCatalogue
+) -> None:
+    # For consumers that keep less than the specs (ingest's registry): one spec at a time, the error last.
+    path = tmp_path / "sensors.csv"
+    path.write_text(
+        HEADER
+        + "S-1,gas.ch4,%LEL,340104,3401041102000001,60,31.85,117.2,active,,\n"
+        + "S-2,gas.ch4,%LEL,3401,3401041102000002,60,31.85,117.2,active,,\n"  # 3: bad region
+        + "S-3,gas.ch4,%LEL,340104,3401041102000003,60,31.85,117.2,active,,\n"
+        + "S-1,gas.ch4,%LEL,340104,3401041102000004,60,31.85,117.2,active,,\n",  # 5: duplicate id
+        encoding="utf-8",
+    )
+    got = []
+    with pytest.raises(RegistryError) as info:
+        for spec in iter_sensors(path, cat):
+            got.append(spec.sensor_id)
+    assert got == ["S-1"], "nothing after the first bad line"
+    assert sorted(dict(info.value.errors)) == [3, 5]
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + "S-1,gas.ch4,%LEL,340104,3401041102000001,60,31.85,117.2,active,,\n", encoding="utf-8")
+    assert list(iter_sensors(good, cat)) == list(load_sensors(good, cat).values())
 
 
 def test_registry_missing_columns_and_defaults(tmp_path: Path, cat: QuantityCatalogue) -> None:

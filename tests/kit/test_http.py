@@ -188,7 +188,10 @@ async def test_fast_route_answers_ahead_of_fastapi_with_the_same_problems_and_a_
             raise HTTPException(401, detail="missing_token: no token", headers={"WWW-Authenticate": "Bearer"})
         if body == b"boom":
             raise RuntimeError("bug")
-        return FastResponse(b'{"via":"fast","body":"' + body + b'","client":"' + str(request.client).encode() + b'"}')
+        own = b"true" if request.app is app else b"false"
+        return FastResponse(
+            b'{"via":"fast","body":"' + body + b'","client":"' + str(request.client).encode() + b'","app":' + own + b"}"
+        )
 
     add_fast_route(app, "POST", "/echo", echo)
     server = await serve_http(app, "127.0.0.1", 0)
@@ -204,6 +207,8 @@ async def test_fast_route_answers_ahead_of_fastapi_with_the_same_problems_and_a_
                 otel_context.detach(token)
             assert ok.status_code == 200 and ok.json()["via"] == "fast" and ok.json()["body"] == "hi"
             assert ok.json()["client"].startswith("127.0.0.1:")
+            # serve_http dispatches fast routes ahead of FastAPI.__call__: the handler still sees its app.
+            assert ok.json()["app"] is True
             assert (await client.get("/echo")).json() == {"via": "fastapi"}, "other methods go to FastAPI"
 
             busy = await client.post("/echo", content=b"busy", headers={"Accept-Language": "en"})

@@ -41,6 +41,7 @@ __all__ = [
     "UnitConversion",
     "UnitError",
     "UnknownQuantityError",
+    "iter_sensors",
     "load_quantities",
     "load_sensors",
     "normalise_unit",
@@ -617,9 +618,19 @@ def _row_to_spec(row: Mapping[str, str | None], catalogue: QuantityCatalogue) ->
 
 def load_sensors(path: Path, catalogue: QuantityCatalogue | None = None) -> dict[str, SensorSpec]:
     """Read a sensor registry CSV; raises RegistryError naming every bad line."""
+    return {spec.sensor_id: spec for spec in iter_sensors(path, catalogue)}
+
+
+def iter_sensors(path: Path, catalogue: QuantityCatalogue | None = None) -> Iterator[SensorSpec]:
+    """The sensors of a registry CSV one at a time; RegistryError naming every bad line at the end.
+
+    For a consumer that keeps less than the SensorSpec (a pydantic model, ~1.2 KB a sensor): the specs
+    are never all alive at once, so their memory is reused from one to the next instead of growing
+    the process by the whole census (freed small objects rarely go back to the system). A consumer
+    must not act on what it got before the iteration ended: the error comes last.
+    """
     cat = catalogue if catalogue is not None else load_quantities()
     source = str(path)
-    sensors: dict[str, SensorSpec] = {}
     first_line: dict[str, int] = {}
     errors: list[tuple[int, str]] = []
     try:
@@ -646,15 +657,15 @@ def load_sensors(path: Path, catalogue: QuantityCatalogue | None = None) -> dict
             except ValueError as exc:
                 errors.append((line, str(exc)))
                 continue
-            if spec.sensor_id in sensors:
+            if spec.sensor_id in first_line:
                 first = first_line[spec.sensor_id]
                 errors.append((line, f"duplicate sensor_id {spec.sensor_id!r} (first on line {first})"))
                 continue
-            sensors[spec.sensor_id] = spec
             first_line[spec.sensor_id] = line
+            if not errors:
+                yield spec
     if errors:
         raise RegistryError(source, errors)
-    return sensors
 
 
 def _fmt(x: float | int | None) -> str:

@@ -188,6 +188,7 @@ def add_fast_route(app: FastAPI, method: str, path: str, handler: FastHandler) -
 def _install_fast_routes(app: FastAPI, default_language: str) -> None:
     routes: dict[tuple[str, str], FastHandler] = {}
     app.state.fast_routes = routes
+    app.state.fast_routes_language = default_language
     build = app.build_middleware_stack  # already wrapped by the OpenTelemetry instrumentation
 
     def build_middleware_stack() -> ASGIApp:
@@ -197,16 +198,33 @@ def _install_fast_routes(app: FastAPI, default_language: str) -> None:
 
 
 class _FastRoutes:
-    def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], FastHandler], default_language: str) -> None:
+    """Answers the fast routes, hands everything else to ``app``.
+
+    Installed twice: inside the app's middleware stack (so the app answers fast routes however it is
+    served, e.g. by a test transport) and by :func:`serve_http` in front of the app itself (``owner``),
+    which also skips FastAPI's and Starlette's own ``__call__``: FastAPI's native telemetry checks
+    (providers, a walk of the middleware stack) ran for every request only to find that the
+    OpenTelemetry instrumentation already traces it."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Mapping[tuple[str, str], FastHandler],
+        default_language: str,
+        owner: FastAPI | None = None,
+    ) -> None:
         self.app = app
         self.routes = routes
         self.default_language = default_language
+        self.owner = owner
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self.routes.get((scope.get("method", ""), scope.get("path", ""))) if self.routes else None
         if handler is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.owner is not None:
+            scope["app"] = self.owner  # what Starlette's __call__ would have set
         request = FastRequest(scope, receive)
         path = scope["path"]
         span = _tracer.start_span(
@@ -360,12 +378,23 @@ class HttpServer:
             await self.task
 
 
+def _with_fast_routes(app: Any) -> Any:
+    """``app`` behind its fast routes' dispatch, when it has fast routes (see :class:`_FastRoutes`)."""
+    state = getattr(app, "state", None)
+    routes = getattr(state, "fast_routes", None)
+    # A root_path would have to be set on the scope as FastAPI does; no service uses one. Without fast
+    # routes (yet), nothing to skip: a route added later is still answered by the in-stack dispatch.
+    if not routes or not isinstance(app, FastAPI) or app.root_path:
+        return app
+    return _FastRoutes(app, routes, state.fast_routes_language, owner=app)  # type: ignore[union-attr]
+
+
 async def serve_http(
     app: Any, host: str = "127.0.0.1", port: int = 0, *, graceful_timeout: int | None = 10
 ) -> HttpServer:
     """Start serving ``app`` in the current event loop; returns once it listens (or raises if it cannot)."""
     config = uvicorn.Config(
-        app,
+        _with_fast_routes(app),
         host=host,
         port=port,
         lifespan="on",

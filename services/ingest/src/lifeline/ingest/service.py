@@ -337,7 +337,7 @@ class IngestService:
                 sensor = self.registry.get(row.sensor_id)
                 if sensor is None or row.state != telemetry_pb2.SENSOR_STATE_ONLINE:
                     continue
-                if now - row.last_seen_ms > sensor.spec.interval_s * 1000 * offline_factor:
+                if now - row.last_seen_ms > sensor.interval_s * 1000 * offline_factor:
                     late.append(row.sensor_id)
             changed = await repository.mark_offline(session=session, sensor_ids=late, now_ms=now)
             last_seen = {r.sensor_id: r.last_seen_ms for r in rows}
@@ -469,7 +469,7 @@ class IngestQueries:
                     state=st,
                     last_seen_ms=row.last_seen_ms if row else 0,
                     last_device_time_ms=row.device_time_ms if row else 0,
-                    interval_s=int(sensor.spec.interval_s),
+                    interval_s=int(sensor.interval_s),
                 )
             )
             if len(out) > limit:
