@@ -826,7 +826,9 @@ async def _follow_alerts(
                             body = json.loads(line[6:])
                             demo.alert_events[body.get("kind", "")] += 1
                             say(alert_event_line(body, catalogue))
-            except (httpx.HTTPError, ValueError) as exc:
-                # The stream ends when the service restarts or this follower falls behind: follow again.
+            except Exception as exc:
+                # The stream ends when the service restarts or this follower falls behind, a token may not
+                # come while the identity provider restarts: whatever it was, follow again (cancellation,
+                # at the demo's stop, is not an Exception and ends the task).
                 log.info("alert stream interrupted: %r; following again", exc)
             await asyncio.sleep(1.0)
