@@ -302,7 +302,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) 
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"lifeline exited early with {proc.returncode}"
+        assert proc.poll() is None, f"lifeline exited early with {proc.returncode}:\n{_output(proc)[-3000:]}"
         try:
             resp = httpx.get(url, timeout=2)
             if resp.status_code == 200:
@@ -311,27 +311,42 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) 
         except httpx.TransportError as exc:
             last = repr(exc)
         time.sleep(0.2)
-    raise AssertionError(f"{url} not ready within {timeout}s: {last}")
+    # What the process said is what tells why.
+    raise AssertionError(f"{url} not ready within {timeout}s: {last}\n{_output(proc)[-4000:]}")
+
+
+# Each process's output goes to a file, not a pipe nobody reads while it runs: a pipe that fills (64 KiB,
+# e.g. retries logged with tracebacks on a busy machine) blocks the process inside a logging call.
+_LOGS: dict[int, Path] = {}
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = Path(env["LIFELINE_DATA_DIR"]).parent / f"lifeline-{len(_LOGS)}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(LIFELINE), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+    _LOGS[proc.pid] = log
+    return proc
+
+
+def _output(proc: subprocess.Popen[bytes]) -> str:
+    log = _LOGS.get(proc.pid)
+    return log.read_text(errors="replace") if log is not None and log.exists() else ""
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> tuple[int, str]:
     proc.send_signal(signal.SIGTERM)
     try:
-        _, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"lifeline did not stop within {timeout}s:\n{err.decode()[-3000:]}") from None
-    return proc.returncode, err.decode(errors="replace")
+        proc.wait()
+        raise AssertionError(f"lifeline did not stop within {timeout}s:\n{_output(proc)[-3000:]}") from None
+    return proc.returncode, _output(proc)
 
 
 def test_run_single_process_serves_then_stops_on_sigterm(run_env: dict[str, str]) -> None:
-    proc = subprocess.Popen(
-        [str(LIFELINE), "run", "--tier", "city", "--region", REGION, "--services", "all"],
-        env=run_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _spawn(["run", "--tier", "city", "--region", REGION, "--services", "all"], run_env)
     try:
         body = _wait_ready(_ready_url(run_env), proc)
         # The registry is ready once ingest found assets (wired by the launcher) and read its sensors.
@@ -359,12 +374,7 @@ def test_ingest_storage_process_loads_neither_grpc_nor_jwcrypto(run_env: dict[st
         f"S-1,gas.ch4,%LEL,{REGION},{REGION}1102000001,60,31.8,117.2,active\n"
     )
     env = {**run_env, "LIFELINE_INGEST_ROLES": "storage", "LIFELINE_INGEST_SENSORS_FILE": str(sensors)}
-    proc = subprocess.Popen(
-        [str(LIFELINE), "run", "--tier", "city", "--region", REGION, "--services", "ingest"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _spawn(["run", "--tier", "city", "--region", REGION, "--services", "ingest"], env)
     try:
         body = _wait_ready(_ready_url(env), proc)
         assert body["checks"] == {"database": "ok", "bus": "ok", "registry": "ok"}
@@ -380,12 +390,7 @@ def test_ingest_storage_process_loads_neither_grpc_nor_jwcrypto(run_env: dict[st
 
 
 def test_run_processes_restarts_a_dead_child_and_stops_all_on_sigterm(run_env: dict[str, str]) -> None:
-    proc = subprocess.Popen(
-        [str(LIFELINE), "run", "--tier", "city", "--region", REGION, "--processes"],
-        env=run_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _spawn(["run", "--tier", "city", "--region", REGION, "--processes"], run_env)
     try:
         _wait_ready(_ready_url(run_env), proc, timeout=90)
         parent = psutil.Process(proc.pid)
