@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -286,6 +287,10 @@ def run_env(nats_server, oidc_provider, tmp_path: Path) -> dict[str, str]:
             "LIFELINE_INGEST_GRPC_PORT": str(free_port()),
             "LIFELINE_ASSETS_HTTP_PORT": str(free_port()),
             "LIFELINE_ASSETS_GRPC_PORT": str(free_port()),
+            # Never a service's default port: two tests running the whole city at once on two workers
+            # both took alerts' 8103, and the second instance could not start.
+            "LIFELINE_ALERTS_HTTP_PORT": str(free_port()),
+            "LIFELINE_ALERTS_GRPC_PORT": str(free_port()),
             "LIFELINE_LOG_JSON": "false",
         }
     )
@@ -362,6 +367,27 @@ def test_run_single_process_serves_then_stops_on_sigterm(run_env: dict[str, str]
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_service_that_cannot_start_stops_the_others_and_the_process_exits(run_env: dict[str, str]) -> None:
+    # alerts starts last; its HTTP port is taken. The services started before it are stopped and the
+    # process ends with 1 and says why, rather than living on half started (or hanging in the stop).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**run_env, "LIFELINE_ALERTS_HTTP_PORT": str(taken.getsockname()[1])}
+        proc = _spawn(["run", "--tier", "city", "--region", REGION, "--services", "all"], env)
+        try:
+            rc = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"lifeline still running 90 s later:\n{_output(proc)[-3000:]}") from None
+    out = _output(proc)
+    assert rc == 1, out[-3000:]
+    assert "failed to start" in out
+    for name in ("assets", "ingest"):
+        assert f"service {name} stopped" in out, out[-3000:]
 
 
 def test_ingest_storage_process_loads_neither_grpc_nor_jwcrypto(run_env: dict[str, str], tmp_path: Path) -> None:

@@ -160,6 +160,7 @@ class Service(abc.ABC):
         self.db = Database.from_url(self.database_url)
         self.relay = OutboxRelay(self.db, self._publish_event)
         self.background: list[Background] = [RelayTask(self.relay)]
+        self._started: list[Background] = []
         self.http: HttpServer | None = None
         self.grpc: GrpcServer | None = None
         self.app: FastAPI | None = None
@@ -183,7 +184,21 @@ class Service(abc.ABC):
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Migrate, set up, then serve HTTP and gRPC and start the background parts."""
+        """Migrate, set up, then serve HTTP and gRPC and start the background parts.
+
+        If any step fails, what had started stops again before the error propagates: consumers and
+        timers started before a server that cannot bind its port would otherwise live on in a process
+        whose instance is giving up (and keep its bus from closing)."""
+        try:
+            await self._start()
+        except BaseException:
+            try:
+                await self.stop()
+            except Exception:
+                log.exception("stopping %s after its failed start failed too", self.name)
+            raise
+
+    async def _start(self) -> None:
         if self.migrations is not None:
             await migrate(self.database_url, self.migrations)
         await self.setup()
@@ -194,6 +209,7 @@ class Service(abc.ABC):
         self.app.state.readiness.update({"database": self.db.ping, "bus": self._bus_ready})
         for part in self.background:
             part.start()
+            self._started.append(part)
         self.http = await serve_http(self.app, self.settings.http_host, self.settings.http_port)
         servicers = self.grpc_servicers()
         if servicers:
@@ -231,11 +247,12 @@ class Service(abc.ABC):
             await self.grpc.stop(5.0)
         if self.http is not None:
             await self.http.stop()
-        for part in reversed(self.background):
+        for part in reversed(self._started):
             try:
                 await part.stop()
             except Exception:
                 log.exception("stopping %r failed", part)
+        self._started.clear()
         await self.db.dispose()
         # Collectable again: a process that starts services again (the tests) must not keep them forever.
         gc.unfreeze()
