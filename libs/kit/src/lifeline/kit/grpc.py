@@ -9,6 +9,7 @@ to a gRPC status code) or by calling :func:`abort_with_problem`; either way the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -470,9 +471,7 @@ def _next_or_stop(iterator: Iterator[Any]) -> Any:
 
 
 def _reset(token: contextvars.Token[Principal | None]) -> None:
-    try:
+    # An async generator finalized from another context (e.g. on cancellation) cannot reset (ValueError);
+    # the per-call task context is discarded anyway.
+    with contextlib.suppress(ValueError):
         _principal_var.reset(token)
-    except ValueError:
-        # An async generator finalized from another context (e.g. on cancellation) cannot reset; the
-        # per-call task context is discarded anyway.
-        pass
