@@ -3,6 +3,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 UV_RUN := uv run --frozen
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: bootstrap demo test lint proto proto-check bench clean
 
@@ -10,7 +11,7 @@ bootstrap:
 	@bash tools/bootstrap.sh
 
 demo: bootstrap
-	$(UV_RUN) lifeline demo
+	$(UV_RUN) lifeline demo $(DEMO_ARGS)
 
 test: bootstrap lint
 	$(UV_RUN) pytest -n 2 $(PYTEST_ARGS)

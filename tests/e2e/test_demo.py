@@ -151,3 +151,46 @@ def test_the_demo_bursts_a_main_with_monitored_segments_downstream() -> None:
         reach |= frontier
     for sid in burst.neighbours:
         assert sensors[sid].quantity == "water.pressure" and sensors[sid].facility_code in reach, sid
+
+
+def test_an_alert_event_line_says_what_an_operator_needs() -> None:
+    from lifeline.alerts.notify.service import event_body
+    from lifeline.kit.catalogue import load_quantities
+    from lifeline.launcher.demo import alert_event_line
+    from lifeline.v1 import alerts_pb2, common_pb2
+
+    def line(kind: int, **alert: object) -> str:
+        event = alerts_pb2.AlertEvent(kind=kind, alert=alerts_pb2.Alert(id="a-1", region="340104", **alert))
+        return alert_event_line(event_body("alert:a-1:1", event), load_quantities())
+
+    raised = alerts_pb2.ALERT_EVENT_KIND_RAISED
+    ch4 = line(
+        raised,
+        sensor_id="HF-GS-CH4-002",
+        quantity="gas.ch4",
+        level=common_pb2.WARNING_LEVEL_II_ORANGE,
+        measure=alerts_pb2.RULE_MEASURE_VALUE,
+        last_value=26.5,
+    )
+    assert ch4.startswith("🚨 预警 alert raised · II 级 橙 orange · HF-GS-CH4-002 ")
+    assert ch4.endswith(": 26.5 %LEL — …/v1/alerts/a-1")
+    drop = line(
+        alerts_pb2.ALERT_EVENT_KIND_LEVEL_CHANGED,
+        sensor_id="HF-WS-PRESSURE-002",
+        quantity="water.pressure",
+        level=common_pb2.WARNING_LEVEL_III_YELLOW,
+        measure=alerts_pb2.RULE_MEASURE_DROP_PCT,
+        last_value=23.9,
+        suppressed=True,
+        suppressed_by="b-7",
+    )
+    assert "↕" in drop and "III 级 黄 yellow" in drop and "drop_pct 23.9 · 已抑制 suppressed (b-7)" in drop
+    # A no-data alert has no reading: it says so instead of showing a value of 0.
+    silent = line(
+        raised,
+        sensor_id="HF-UT-CH4-002",
+        quantity="utility_tunnel.ch4",
+        rule_id="no_data",
+        level=common_pb2.WARNING_LEVEL_IV_BLUE,
+    )
+    assert ": 无数据 no data — " in silent and " 0 " not in silent

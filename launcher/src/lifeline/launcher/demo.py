@@ -795,9 +795,15 @@ def alert_event_line(body: dict[str, Any], catalogue: Any = None) -> str:
     with contextlib.suppress(Exception):
         q = catalogue.get(quantity)
         what, unit = f"{q.names.get('zh-CN', quantity)} / {q.names.get('en', quantity)}", q.unit
-    measure = alert.get("measure", "RULE_MEASURE_VALUE").removeprefix("RULE_MEASURE_").lower()
+    # No-data (and composite) alerts compare no measure of one reading: they have no value to show.
+    measure = alert.get("measure", "").removeprefix("RULE_MEASURE_").lower()
     value = float(alert.get("last_value", 0.0))
-    shown = f"{value:g} {unit}".rstrip() if measure == "value" else f"{measure} {value:g}"
+    if not measure:
+        shown = "无数据 no data" if alert.get("rule_id") == "no_data" else alert.get("rule_id", "")
+    elif measure == "value":
+        shown = f"{value:g} {unit}".rstrip()
+    else:
+        shown = f"{measure} {value:g}"
     line = f"{KIND_NAMES.get(kind, kind)} · {level} · {alert.get('sensor_id', '?')} {what}: {shown}"
     if alert.get("suppressed"):
         line += f" · 已抑制 suppressed ({alert.get('suppressed_by', '')})"
