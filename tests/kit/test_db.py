@@ -228,7 +228,7 @@ async def test_dedicated_connection_is_always_the_same_and_apart_from_the_pool(d
     assert "rolled back" not in await names(db)
     with pytest.raises(KeyError):
         async with db.transaction(dedicated="nobody"):
-            pass
+            pytest.fail("a transaction on a connection nobody dedicated was handed out")
 
 
 async def test_dedicated_connection_of_an_in_memory_database_is_the_database() -> None:

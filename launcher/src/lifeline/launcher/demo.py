@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -161,30 +161,67 @@ class Demo:
 DEMO_SETTINGS: dict[str, Callable[[Demo], dict[str, Any]]] = {}
 
 
-def _ingest_panel(demo: Demo, svc: Service) -> list[str]:
+def _gas_sensor(demo: Demo) -> str:
+    """The CH4 sensor the gas leak is scripted at (what the try-it commands point to)."""
+    gas = demo.sim.incidents.get("gas_leak") if demo.sim else None
+    return gas.primary if gas else "HF-GS-CH4-001"
+
+
+def _service_panel(svc: Service, title: str, *, api: str, grpc_note: str = "", more: Sequence[str] = ()) -> list[str]:
+    """The lines every service's section has (API, docs, gRPC, metrics, readiness), and its own ``more``."""
     assert svc.http is not None
     base = svc.http.url
     grpc_addr = svc.grpc.address if svc.grpc else "—"
-    gas = demo.sim.incidents.get("gas_leak") if demo.sim else None
-    gas_sensor = gas.primary if gas else "HF-GS-CH4-001"
     return [
-        "接入服务 ingest（读数校验、去重、存储、最新值、离线检测 / readings, latest values, no-data tracking）",
-        f"  REST 接口 API          {base}/v1",
+        title,
+        f"  REST 接口 API          {base}{api}",
         f"  接口文档 OpenAPI docs   {base}/docs",
-        f"  gRPC（已开启反射 reflection on）  {grpc_addr}",
-        f"      grpcurl -plaintext {grpc_addr} list",
-        f'      grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d \'{{"sensor_id":"{gas_sensor}"}}\' \\',
-        f"          {grpc_addr} lifeline.v1.TelemetryQuery/GetLatest",
+        f"  gRPC（已开启反射 reflection on）  {grpc_addr}{grpc_note}",
+        *more,
         f"  指标 Metrics            {base}/metrics",
         f"  就绪 Readiness          {base}/readyz",
     ]
 
 
+def _ingest_panel(demo: Demo, svc: Service) -> list[str]:
+    grpc_addr = svc.grpc.address if svc.grpc else "—"
+    latest = f'{{"sensor_id":"{_gas_sensor(demo)}"}}'
+    return _service_panel(
+        svc,
+        "接入服务 ingest（读数校验、去重、存储、最新值、离线检测 / readings, latest values, no-data tracking）",
+        api="/v1",
+        more=[
+            f"      grpcurl -plaintext {grpc_addr} list",
+            f"      grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{latest}' \\",
+            f"          {grpc_addr} lifeline.v1.TelemetryQuery/GetLatest",
+        ],
+    )
+
+
+def _assets_panel(demo: Demo, svc: Service) -> list[str]:
+    return _service_panel(
+        svc,
+        "资产普查 assets（设施、传感器、管网拓扑、风险源 / facilities, sensors, network topology, risk sources）",
+        api="/v1   (/facilities /sensors /units /links /risks)",
+    )
+
+
+def _alerts_panel(demo: Demo, svc: Service) -> list[str]:
+    assert svc.http is not None
+    return _service_panel(
+        svc,
+        "预警服务 alerts（四级预警、处置流程、静默与抑制 / four-level warnings, the handling workflow, silences,"
+        " inhibition）",
+        api="/v1/alerts   (/rules /silences /webhooks)",
+        grpc_note="   lifeline.v1.AlertService/Watch",
+        more=[f"  实时推送 live (SSE)     {svc.http.url}/v1/alerts/stream"],
+    )
+
+
 def _ingest_try_it(demo: Demo, svc: Service) -> list[str]:
     assert svc.http is not None
     base = svc.http.url
-    gas = demo.sim.incidents.get("gas_leak") if demo.sim else None
-    gas_sensor = gas.primary if gas else "HF-GS-CH4-001"
+    gas_sensor = _gas_sensor(demo)
     return [
         "  # 燃气监测点最新值 / latest value of a gas (CH4) sensor — the gas leak is scripted there",
         f'  curl -s -H "Authorization: Bearer $TOKEN" {base}/v1/sensors/{gas_sensor}/latest',
@@ -196,39 +233,11 @@ def _ingest_try_it(demo: Demo, svc: Service) -> list[str]:
     ]
 
 
-def _assets_panel(demo: Demo, svc: Service) -> list[str]:
-    assert svc.http is not None
-    base = svc.http.url
-    grpc_addr = svc.grpc.address if svc.grpc else "—"
-    return [
-        "资产普查 assets（设施、传感器、管网拓扑、风险源 / facilities, sensors, network topology, risk sources）",
-        f"  REST 接口 API          {base}/v1   (/facilities /sensors /units /links /risks)",
-        f"  接口文档 OpenAPI docs   {base}/docs",
-        f"  gRPC（已开启反射 reflection on）  {grpc_addr}",
-    ]
-
-
-def _alerts_panel(demo: Demo, svc: Service) -> list[str]:
-    assert svc.http is not None
-    base = svc.http.url
-    grpc_addr = svc.grpc.address if svc.grpc else "—"
-    return [
-        "预警服务 alerts（四级预警、处置流程、静默与抑制"
-        " / four-level warnings, the handling workflow, silences, inhibition）",
-        f"  REST 接口 API          {base}/v1/alerts   (/rules /silences /webhooks)",
-        f"  接口文档 OpenAPI docs   {base}/docs",
-        f"  实时推送 live (SSE)     {base}/v1/alerts/stream",
-        f"  gRPC（已开启反射 reflection on）  {grpc_addr}   lifeline.v1.AlertService/Watch",
-        f"  指标 Metrics            {base}/metrics",
-    ]
-
-
 def _assets_try_it(demo: Demo, svc: Service) -> list[str]:
     assert svc.http is not None
-    base = svc.http.url
     return [
         "  # 燃气设施 / gas facilities of the census (a page; next_page_token for more)",
-        f'  curl -s -H "Authorization: Bearer $TOKEN" "{base}/v1/facilities?kind=gas&limit=5"',
+        f'  curl -s -H "Authorization: Bearer $TOKEN" "{svc.http.url}/v1/facilities?kind=gas&limit=5"',
     ]
 
 
