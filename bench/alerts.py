@@ -169,13 +169,12 @@ class Rounds:
 
 def accepted_payload(readings: list[tuple[Sensor, int, float]]) -> bytes:
     """What ingest's front door publishes for these readings."""
-    from lifeline.v1 import common_pb2, telemetry_pb2
+    from lifeline.kit.readings import message_from_rows
+    from lifeline.v1 import common_pb2
 
-    msg = telemetry_pb2.ReadingsAccepted(region=REGION, received_time_ms=time.time_ns() // 1_000_000)
-    add = msg.readings.add
-    for s, t, v in readings:
-        add(sensor_id=s.sensor_id, device_time_ms=t, value=v, unit=s.unit, quality=common_pb2.QUALITY_GOOD)
-    return msg.SerializeToString()
+    good = common_pb2.QUALITY_GOOD
+    rows = [(s.sensor_id, t, v, s.unit, good) for s, t, v in readings]
+    return message_from_rows(REGION, rows, time.time_ns() // 1_000_000).SerializeToString()
 
 
 def freeze_heap() -> float:

@@ -167,13 +167,12 @@ def json_body(readings: list[tuple[str, int, float]]) -> bytes:
 
 def accepted_payload(readings: list[tuple[str, int, float]]) -> bytes:
     """What the front door publishes for these readings: a ReadingsAccepted protobuf."""
-    from lifeline.v1 import common_pb2, telemetry_pb2
+    from lifeline.kit.readings import message_from_rows
+    from lifeline.v1 import common_pb2
 
-    msg = telemetry_pb2.ReadingsAccepted(region=REGION, received_time_ms=time.time_ns() // 1_000_000)
-    add = msg.readings.add
-    for s, t, v in readings:
-        add(sensor_id=s, device_time_ms=t, value=v, unit=UNIT, quality=common_pb2.QUALITY_GOOD)
-    return msg.SerializeToString()
+    good = common_pb2.QUALITY_GOOD
+    rows = [(s, t, v, UNIT, good) for s, t, v in readings]
+    return message_from_rows(REGION, rows, time.time_ns() // 1_000_000).SerializeToString()
 
 
 def rows_of(readings: list[tuple[str, int, float]], received_ms: int, key_of: dict[str, int]) -> list[tuple[Any, ...]]:

@@ -14,6 +14,7 @@ from lifeline.alerts.app import AlertsApp
 from lifeline.alerts.service import AlertsService
 from lifeline.kit.auth import Principal
 from lifeline.kit.outbox import outbox_table
+from lifeline.kit.readings import message_from_rows
 from lifeline.v1 import alerts_pb2, assets_pb2, telemetry_pb2
 
 REGION = "340104"
@@ -84,12 +85,8 @@ async def publish_census(
 
 
 async def publish_readings(app: AlertsApp, readings: list[tuple[str, int, float]], *, quality: int = 0) -> None:
-    batch = telemetry_pb2.ReadingsAccepted(
-        region="340100",
-        readings=[
-            telemetry_pb2.Reading(sensor_id=s, device_time_ms=t, value=v, quality=quality) for s, t, v in readings
-        ],
-    )
+    # As ingest's front door publishes them: in columns.
+    batch = message_from_rows("340100", [(s, t, v, "", quality) for s, t, v in readings])
     await app.bus.publish("readings.340100", batch.SerializeToString(), msg_id=secrets.token_hex(8))
 
 
@@ -175,6 +172,7 @@ def census_payloads(
 
 
 def batch(readings: list[tuple[str, int, float]], quality: int = 0) -> telemetry_pb2.ReadingsAccepted:
+    """Readings in the per-reading form (publish_readings sends columns: both forms are evaluated)."""
     return telemetry_pb2.ReadingsAccepted(
         region="340100",
         readings=[

@@ -62,3 +62,21 @@ def test_out_of_order_readings_above_the_floor_and_release_of_the_newest() -> No
     assert idx.lookup("s", 110) == 110.0
     assert idx.claim("s", 120, 3.0) is NEW
     assert idx.lookup("s", 120) == 3.0
+
+
+def test_pruning_after_out_of_order_claims_keeps_the_newest_by_time() -> None:
+    # Held in arrival order, not time order: pruning must still keep the newest by device time, and
+    # pruning again later (held in order by then) too.
+    idx = DedupIndex(per_sensor=8)
+    idx.seed("s", None)
+    for ts in (10, 30, 20, 50, 40, 70, 60, 90, 80):  # the 9th claim prunes to the newest 4
+        assert idx.claim("s", ts, float(ts)) is NEW
+    assert len(idx) == 4
+    assert [idx.lookup("s", ts) for ts in (60, 70, 80, 90)] == [60.0, 70.0, 80.0, 90.0]
+    assert idx.lookup("s", 50) is UNKNOWN
+    for ts in range(100, 105):  # 9 held again: pruned to the newest 4
+        assert idx.claim("s", ts, float(ts)) is NEW
+    assert len(idx) == 4
+    assert [idx.lookup("s", ts) for ts in (101, 102, 103, 104)] == [101.0, 102.0, 103.0, 104.0]
+    assert idx.lookup("s", 100) is UNKNOWN
+    assert idx.claim("s", 102, 1.0) == 102.0

@@ -11,6 +11,7 @@ from lifeline.ingest import repository
 from lifeline.ingest.app import IngestApp
 from lifeline.ingest.models import latest_table, sensor_keys_table
 from lifeline.kit.db import Database
+from lifeline.kit.readings import message_from_rows
 from lifeline.v1 import common_pb2
 from lifeline.v1 import telemetry_pb2 as T
 
@@ -18,6 +19,13 @@ from .helpers import count_rows, now_ms, stored_rows
 
 
 def accepted(received_ms: int, *readings: tuple[str, int, float]) -> T.ReadingsAccepted:
+    """A message as the front door publishes it: readings in columns."""
+    good = common_pb2.QUALITY_GOOD
+    return message_from_rows("340100", [(s, ts, v, "%LEL", good) for s, ts, v in readings], received_ms)
+
+
+def accepted_per_reading(received_ms: int, *readings: tuple[str, int, float]) -> T.ReadingsAccepted:
+    """The same in the per-reading form (an earlier front door's messages still in the stream)."""
     msg = T.ReadingsAccepted(region="340100", received_time_ms=received_ms)
     for sensor, ts, value in readings:
         msg.readings.add(sensor_id=sensor, device_time_ms=ts, value=value, unit="%LEL", quality=common_pb2.QUALITY_GOOD)
@@ -58,6 +66,18 @@ async def test_batches_out_of_order_and_redelivered_store_once_and_keep_the_newe
     ]
     assert await latest_row(ingest, a) == (t + 20, 2.0, t + 1000, t + 3000)
     assert await latest_row(ingest, b) == (t, 5.0, t + 2000, t + 2000)
+
+
+async def test_messages_in_the_per_reading_form_are_stored_alike(ingest: IngestApp):
+    # New sensors (keyed on the way) in both forms, one message of each in one transaction.
+    t = now_ms() - 3_600_000
+    a, b = "GAS-CH4-1", "GAS-CH4-2"
+    await ingest.service.persist(
+        [accepted_per_reading(t + 1000, (a, t + 10, 1.0), (b, t, 5.0)), accepted(t + 2000, (a, t + 20, 2.0))]
+    )
+    assert sorted(await stored_rows(ingest)) == [(a, t + 10, 1.0), (a, t + 20, 2.0), (b, t, 5.0)]
+    assert await latest_row(ingest, a) == (t + 20, 2.0, t + 2000, t + 2000)
+    assert await latest_row(ingest, b) == (t, 5.0, t + 1000, t + 1000)
 
 
 async def test_readings_are_written_inside_the_callers_transaction(ingest: IngestApp):

@@ -207,14 +207,24 @@ class ListSensorStatusResponse(_message.Message):
     def __init__(self, sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ReadingsAccepted(_message.Message):
-    __slots__ = ("region", "readings", "received_time_ms")
+    __slots__ = ("region", "readings", "received_time_ms", "sensor_ids", "device_times_ms", "values", "units", "qualities")
     REGION_FIELD_NUMBER: _ClassVar[int]
     READINGS_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_IDS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TIMES_MS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    QUALITIES_FIELD_NUMBER: _ClassVar[int]
     region: str
     readings: _containers.RepeatedCompositeFieldContainer[Reading]
     received_time_ms: int
-    def __init__(self, region: _Optional[str] = ..., readings: _Optional[_Iterable[_Union[Reading, _Mapping]]] = ..., received_time_ms: _Optional[int] = ...) -> None: ...
+    sensor_ids: _containers.RepeatedScalarFieldContainer[str]
+    device_times_ms: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    units: _containers.RepeatedScalarFieldContainer[str]
+    qualities: _containers.RepeatedScalarFieldContainer[_common_pb2.Quality]
+    def __init__(self, region: _Optional[str] = ..., readings: _Optional[_Iterable[_Union[Reading, _Mapping]]] = ..., received_time_ms: _Optional[int] = ..., sensor_ids: _Optional[_Iterable[str]] = ..., device_times_ms: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., units: _Optional[_Iterable[str]] = ..., qualities: _Optional[_Iterable[_Union[_common_pb2.Quality, str]]] = ...) -> None: ...
 
 class SensorStatusChanged(_message.Message):
     __slots__ = ("sensor_id", "region", "state", "last_seen_ms", "changed_ms")

@@ -37,6 +37,7 @@ from lifeline.kit.catalogue import Level, QuantityCatalogue, ThresholdRule, Unkn
 from lifeline.kit.db import Database
 from lifeline.kit.outbox import enqueue
 from lifeline.kit.problems import ProblemError
+from lifeline.kit.readings import iter_readings
 from lifeline.v1 import common_pb2, telemetry_pb2
 
 from . import repository
@@ -352,8 +353,8 @@ class AlertsService:
         written = 0
         try:
             for batch in batches:
-                for r in batch.readings:
-                    found = engine.evaluate(r.sensor_id, r.device_time_ms, r.value, usable=r.quality not in _UNUSABLE)
+                for sensor_id, ts, value, _unit, quality in iter_readings(batch):
+                    found = engine.evaluate(sensor_id, ts, value, usable=quality not in _UNUSABLE)
                     if found:
                         changes += found
                 if changes:

@@ -26,13 +26,15 @@ class _SensorWindow:
     common case is a reading newer than every one held: ``newest`` decides it without a scan.
     """
 
-    __slots__ = ("floor", "newest", "times", "values")
+    __slots__ = ("floor", "newest", "ordered", "times", "values")
 
     def __init__(self, floor: int) -> None:
         self.floor = floor  # readings with device time >= floor are all held here (or new)
         self.newest = floor - 1
         self.times = array("q")
         self.values = array("d")
+        # Held in ascending time (each added newer than all before): pruning is then a slice.
+        self.ordered = True
 
     def get(self, ts: int) -> float | None:
         if ts > self.newest or ts not in self.times:
@@ -44,6 +46,8 @@ class _SensorWindow:
         self.values.append(value)
         if ts > self.newest:
             self.newest = ts
+        else:
+            self.ordered = False
 
     def remove(self, ts: int) -> None:
         if ts <= self.newest and ts in self.times:
@@ -53,11 +57,16 @@ class _SensorWindow:
             self.newest = max(self.times, default=self.floor - 1)
 
     def keep_newest(self, n: int) -> None:
-        keep = sorted(zip(self.times, self.values, strict=True))[-n:]
+        if self.ordered:
+            self.times = self.times[-n:]
+            self.values = self.values[-n:]
+        else:
+            keep = sorted(zip(self.times, self.values, strict=True))[-n:]
+            self.times = array("q", [t for t, _ in keep])
+            self.values = array("d", [v for _, v in keep])
+            self.ordered = True
         # The floor only rises: below it, memory is a cache and storage is the authority.
-        self.floor = max(self.floor, keep[0][0])
-        self.times = array("q", [t for t, _ in keep])
-        self.values = array("d", [v for _, v in keep])
+        self.floor = max(self.floor, self.times[0])
 
 
 class DedupIndex:
@@ -88,14 +97,19 @@ class DedupIndex:
         w = self._windows.get(sensor_id)
         if w is None:
             return UNKNOWN
-        if ts <= w.newest:
+        times = w.times
+        if ts > w.newest:  # the common case, inlined: a reading newer than every one held
+            w.newest = ts
+        else:
             prior = w.get(ts)
             if prior is not None:
                 return prior
             if ts < w.floor:
                 return UNKNOWN
-        w.add(ts, value)
-        if len(w.times) > self.per_sensor:
+            w.ordered = False
+        times.append(ts)
+        w.values.append(value)
+        if len(times) > self.per_sensor:
             w.keep_newest(self.per_sensor // 2)
         return NEW
 

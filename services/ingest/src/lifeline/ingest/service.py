@@ -24,6 +24,7 @@ from lifeline.kit.bus import Bus
 from lifeline.kit.db import Database
 from lifeline.kit.outbox import enqueue
 from lifeline.kit.problems import ProblemError
+from lifeline.kit.readings import iter_readings, message_from_rows, sensor_ids_of
 from lifeline.v1 import telemetry_pb2
 
 from . import repository
@@ -53,7 +54,7 @@ def now_ms() -> int:
 
 
 def _unkeyed(batch: telemetry_pb2.ReadingsAccepted, keys: dict[str, int]) -> set[str]:
-    return {r.sensor_id for r in batch.readings} - keys.keys()
+    return sensor_ids_of(batch) - keys.keys()
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,10 +224,7 @@ class IngestService:
                 outcomes[i] = self._judge_repeat(c, prior)
 
     async def _publish(self, accepted: list[Candidate], received_ms: int) -> None:
-        msg = telemetry_pb2.ReadingsAccepted(region=self.region)
-        add = msg.readings.add
-        for sensor_id, ts, value, unit, quality, _region in accepted:
-            add(sensor_id=sensor_id, device_time_ms=ts, value=value, unit=unit, quality=quality)
+        msg = message_from_rows(self.region, accepted)
         # The id covers the readings, not the arrival time: a client's retry after a lost answer
         # republishes the same content, which JetStream then drops within its duplicate window.
         # (One serialisation without the arrival time, rather than one per reading.)
@@ -265,8 +263,7 @@ class IngestService:
                 for batch in batches:
                     received = batch.received_time_ms
                     region = batch.region
-                    for r in batch.readings:
-                        sid, ts = r.sensor_id, r.device_time_ms
+                    for sid, ts, value, unit, quality in iter_readings(batch):
                         try:
                             key = key_of[sid]
                         except KeyError:
@@ -278,7 +275,7 @@ class IngestService:
                             )
                             key_of = {**keys, **created}
                             key = key_of[sid]
-                        row = (key, ts, r.value, r.unit, r.quality, received, region)
+                        row = (key, ts, value, unit, quality, received, region)
                         append(row)
                         if received > seen_get(sid, -1):
                             seen[sid] = received
