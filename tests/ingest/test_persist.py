@@ -11,7 +11,7 @@ from lifeline.ingest import repository
 from lifeline.ingest.app import IngestApp
 from lifeline.ingest.models import latest_table, sensor_keys_table
 from lifeline.kit.db import Database
-from lifeline.kit.readings import message_from_rows
+from lifeline.kit.readings import MalformedReadings, message_from_rows
 from lifeline.v1 import common_pb2
 from lifeline.v1 import telemetry_pb2 as T
 
@@ -78,6 +78,19 @@ async def test_messages_in_the_per_reading_form_are_stored_alike(ingest: IngestA
     assert sorted(await stored_rows(ingest)) == [(a, t + 10, 1.0), (a, t + 20, 2.0), (b, t, 5.0)]
     assert await latest_row(ingest, a) == (t + 20, 2.0, t + 2000, t + 2000)
     assert await latest_row(ingest, b) == (t, 5.0, t + 1000, t + 1000)
+
+
+async def test_a_message_with_columns_of_different_lengths_fails_its_transaction(ingest: IngestApp):
+    # The consumer then retries the fetch one message at a time and dead-letters this one (kit.bus).
+    t = now_ms() - 3_600_000
+    good = accepted(t, ("GAS-CH4-1", t, 1.0))
+    bad = accepted(t, ("GAS-CH4-2", t, 2.0), ("GAS-CH4-2", t + 1, 3.0))
+    del bad.values[1]
+    with pytest.raises(MalformedReadings):
+        await ingest.service.persist([good, bad])
+    assert await count_rows(ingest) == 0
+    await ingest.service.persist([good])
+    assert await stored_rows(ingest) == [("GAS-CH4-1", t, 1.0)]
 
 
 async def test_readings_are_written_inside_the_callers_transaction(ingest: IngestApp):
