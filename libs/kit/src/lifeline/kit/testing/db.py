@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -17,12 +17,22 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["database_url", "postgres_url", "sqlite_url", "terminate_other_sessions"]
+__all__ = ["before_database_drop", "database_url", "postgres_url", "sqlite_url", "terminate_other_sessions"]
 
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 _CONNECT_TIMEOUT = 5.0
 # Remembered per test session so an absent server costs one connect timeout, not one per test.
 _unreachable: dict[str, str] = {}
+
+
+# What must stop before a test's PostgreSQL database is dropped: services the test started run on it,
+# and pytest tears ``service_runner`` down after a database fixture set up later than it.
+_BEFORE_DROP = pytest.StashKey[list[Callable[[], Awaitable[None]]]]()
+
+
+def before_database_drop(node: pytest.Item, stop: Callable[[], Awaitable[None]]) -> None:
+    """Have `stop` awaited before the test's database is dropped (it may run again later: idempotent)."""
+    node.stash.setdefault(_BEFORE_DROP, []).append(stop)
 
 
 def _admin_dsn() -> URL:
@@ -41,7 +51,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest_asyncio.fixture
-async def postgres_url() -> AsyncIterator[str]:
+async def postgres_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """URL of a fresh PostgreSQL database ``lifeline_test_<random>``, dropped after the test."""
     admin = _admin_dsn()
     where = admin.render_as_string(hide_password=True)
@@ -61,6 +71,8 @@ async def postgres_url() -> AsyncIterator[str]:
     try:
         yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
     finally:
+        for stop in request.node.stash.get(_BEFORE_DROP, []):
+            await stop()
         conn = await asyncpg.connect(_plain(admin), timeout=_CONNECT_TIMEOUT)
         try:
             # FORCE: an engine the test forgot to dispose must not keep the database alive.

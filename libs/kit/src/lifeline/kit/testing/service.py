@@ -20,6 +20,7 @@ from lifeline.kit.bus import STREAMS, Bus
 from lifeline.kit.config import InstanceSettings, ServiceSettings
 from lifeline.kit.natsserver import NatsServer
 from lifeline.kit.runtime import Service
+from lifeline.kit.testing.db import before_database_drop
 
 __all__ = ["reset_streams", "service_runner"]
 
@@ -37,9 +38,21 @@ async def reset_streams(bus: Bus) -> None:
 
 
 @pytest.fixture
-async def service_runner(nats_server: NatsServer, oidc_provider: Any, tmp_path: Path) -> AsyncIterator[ServiceRunner]:
+async def service_runner(
+    nats_server: NatsServer, oidc_provider: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[ServiceRunner]:
     """``await service_runner(IngestApp, settings, region="340100")`` → a started service."""
     started: list[tuple[Service, Bus, TokenVerifier]] = []
+
+    async def stop_all() -> None:
+        while started:
+            app, bus, verifier = started.pop()
+            await app.stop()
+            await bus.close()
+            await verifier.aclose()
+
+    # A service's database may be a fixture set up after this one, hence torn down before it.
+    before_database_drop(request.node, stop_all)
 
     async def run(cls: type[S], settings: ServiceSettings, *, region: str = "340100", reset: bool = True) -> S:
         if not nats_server.running:
@@ -59,7 +72,4 @@ async def service_runner(nats_server: NatsServer, oidc_provider: Any, tmp_path: 
         return app
 
     yield run
-    for app, bus, verifier in reversed(started):
-        await app.stop()
-        await bus.close()
-        await verifier.aclose()
+    await stop_all()
