@@ -68,15 +68,13 @@ async def test_a_named_risk_source_raises_by_one_with_its_id_in_the_history(serv
     rid, event = risk("II", facility_codes=(code,))
     await service.apply_assets([event])
     a = await raise_at(service, sid, 6.0)  # the rule says IV
-    assert a["level"] == "III"
-    raised, raised_by_risk = a["history"]
-    assert (raised["kind"], raised["to_level"]) == ("raised", "IV")
-    assert (raised_by_risk["kind"], raised_by_risk["from_level"], raised_by_risk["to_level"]) == (
-        "level_changed",
-        "IV",
-        "III",
-    )
-    assert rid in raised_by_risk["comment"]
+    assert (a["level"], a["peak_level"]) == ("III", "III")
+    # Raised at III at once (one `raised` event a level-III subscriber sees), the risk source named.
+    [raised] = a["history"]
+    assert (raised["kind"], raised["from_level"], raised["to_level"]) == ("raised", None, "III")
+    assert rid in raised["comment"] and "rule level IV" in raised["comment"]
+    # Its time limits are level III's, not level IV's.
+    assert a["due_ms"] - a["raised_ms"] == service.policy.limits["III"].verify_s * 1000
     # The rule escalates to II: the alert goes to I; to I (60 %LEL): it stays at I, never above.
     await service.evaluate([batch([(sid, T0 + 40 * S, 30.0)])])
     a = await service.get_alert(alert_id=a["id"], principal=OPERATOR)

@@ -571,7 +571,11 @@ class AlertsService:
         facility = self.engine.facilities.get(sensor.facility_code)
         incident = await repository.open_incident(session=session, facility_code=sensor.facility_code)
         alert_id = str(uuid.uuid4())
-        step, due_ms = due(self.policy, state=State.RAISED, level=ch.level, raised_ms=now, entered_ms=now)
+        # Raised at once at the level a risk source near the facility gives it (the rule's plus one): a
+        # `raised` event at the rule's level and a `level_changed` after it would let a subscriber that
+        # takes only `raised` events of level III or higher miss an alert that is III from the start.
+        level, risk = self._risk_raised(ch.level, sensor.facility_code)
+        step, due_ms = due(self.policy, state=State.RAISED, level=level, raised_ms=now, entered_ms=now)
         cond = ch.rule.conditions[0] if ch.rule.conditions else None
         values = {
             "id": alert_id,
@@ -583,8 +587,8 @@ class AlertsService:
             "facility_kind": facility.kind if facility else "",
             "quantity": sensor.quantity if ch.rule.kind != "composite" else "",
             "region": sensor.region,
-            "level": str(ch.level),
-            "peak_level": str(ch.level),
+            "level": str(level),
+            "peak_level": str(level),
             "state": str(State.RAISED),
             "resume_state": None,
             "condition": "active",
@@ -629,8 +633,8 @@ class AlertsService:
             "from_state": None,
             "to_state": str(State.RAISED),
             "from_level": None,
-            "to_level": str(ch.level),
-            "comment": None,
+            "to_level": str(level),
+            "comment": f"{_risk_note(risk)} (rule level {ch.level})" if level != ch.level else None,
             "attachments": [],
             "value": _num(ch.value),
             "step": None,
@@ -640,10 +644,6 @@ class AlertsService:
         self._publish(session, "raised", values, entry, ch.at_ms)
         inserted = dict(values)
         session.info.setdefault(_RAISED_ROWS, {})[alert_id] = SimpleNamespace(**inserted, _mapping=inserted)
-        level, risk = self._risk_raised(ch.level, sensor.facility_code)
-        if risk is not None and level != ch.level:
-            row = await repository.get_alert(session=session, alert_id=alert_id)
-            await self._change_level(session, row, level, value=ch.value, at_ms=ch.at_ms, comment=_risk_note(risk))
         return alert_id
 
     # --- suppression: silences and inhibition along the network ----------------------------------
