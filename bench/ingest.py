@@ -439,17 +439,26 @@ def lifeline_cli_available() -> bool:
 
 
 def start_server(
-    work: Path, env: dict[str, str], profile: Path | None, server: str, roles: str = "front,storage"
+    work: Path,
+    env: dict[str, str],
+    profile: Path | None,
+    server: str,
+    roles: str = "front,storage",
+    *,
+    ports: tuple[int, int] | None = None,
+    name: str = "",
 ) -> ServerChild:
     """The ingest service in a child process: ``lifeline run --services ingest`` or ``bench.ingest serve``.
 
     `server` is "lifeline", "bench" or "auto" (lifeline when the launcher has its CLI, except when
-    profiling: only the bench's own child profiles every thread).
+    profiling: only the bench's own child profiles every thread). `ports` (HTTP, gRPC): ports another
+    front process already serves on with ``LIFELINE_INGEST_REUSE_PORT`` (lifeline only): this one joins
+    them, and is ready when it says so in its log (a request to the shared port may reach the other).
     """
     if server == "auto":
         server = "bench" if profile or not lifeline_cli_available() else "lifeline"
     env = {**env, "LIFELINE_INGEST_ROLES": roles}
-    log_path = work / f"ingest-{roles.replace(',', '-')}.log"
+    log_path = work / f"ingest-{name or roles.replace(',', '-')}.log"
     if server == "bench":
         cmd = [sys.executable, "-m", "bench.ingest", "serve"]
         if profile:
@@ -470,7 +479,7 @@ def start_server(
         raise BenchError("--profile needs the bench's own server child (--server bench or auto)")
     from lifeline.kit.natsserver import free_port
 
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = ports or (free_port(), free_port())
     cmd = [
         sys.executable,
         "-m",
@@ -502,6 +511,12 @@ def start_server(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             break
+        if ports is not None:
+            if '"instance running"' in log_path.read_text(errors="replace"):
+                return child
+            last = "no 'instance running' in its log yet"
+            time.sleep(0.2)
+            continue
         try:
             resp = httpx.get(f"{child.http_url}/readyz", timeout=2)
             if resp.status_code == 200:
@@ -773,6 +788,10 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
         }
         t0 = time.perf_counter()
         split = ctx.layout == "split" and not profile
+        # Scenario 4 adds a second front door on the same ports: every front must allow sharing them.
+        two_fronts = split and ctx.server != "bench"
+        if two_fronts:
+            env["LIFELINE_INGEST_REUSE_PORT"] = "true"
         server = start_server(work, env, profile, ctx.server, "front" if split else "front,storage")
         storage = start_server(work, env, None, ctx.server, "storage") if split else None
         stopped = False
@@ -859,6 +878,30 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
             stack.push_async_callback(conn.close)
         await load("rest_single", "REST one reading per request", raw_senders(conns, clock, 1), plan.rest_single_s)
 
+        # 4. The same with a second front door process on the same ports (SO_REUSEPORT: the kernel spreads
+        # the connections): a one-reading request costs the front a few hundred µs, so one front process
+        # holds a core and no more; a host with cores to spare runs more of them (or replicas).
+        front2 = None
+        if two_fronts:
+            ports = (int(port), int(server.grpc_address.rsplit(":", 1)[1]))
+            front2 = start_server(work, env, None, ctx.server, "front", ports=ports, name="front2")
+            stack.callback(stop_process, front2.proc, 10)
+            sampler.watch("ingest-front2", front2.proc.pid)
+            pids["front2"] = front2.proc.pid
+            log(
+                f"[{tag}] REST one reading per request, 2 front processes: {single_conc} connections, "
+                f"{plan.rest_single_s:g} s"
+            )
+            conns2 = [RawHttpConnection(host, int(port), headers) for _ in range(single_conc)]
+            for conn in conns2:
+                stack.push_async_callback(conn.close)
+            await load(
+                "rest_single_2",
+                "REST one reading per request, 2 fronts",
+                raw_senders(conns2, clock, 1),
+                plan.rest_single_s,
+            )
+
         ingest_hwm = vm_hwm_bytes(server.proc.pid) or 0
         storage_hwm = vm_hwm_bytes(storage.proc.pid) or 0 if storage is not None else 0
         nats_hwm = vm_hwm_bytes(nats.pid) or 0
@@ -887,18 +930,21 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
                 note=f"front door acknowledged {r.acked_rate:,.0f}/s; CPU {r.cpu}; per reading {r.cpu_per_reading()}",
             )
         )
-    r = results["rest_single"]
-    rows.append(
-        Row(
-            f"{tag}: REST 1 reading/request → stored ({layout})",
-            r.e2e_rate,
-            "",
-            js_single_acked,
-            f"JetStream publish+ack x{single_conc}",
-            GOAL_SINGLE,
-            note=f"front door acknowledged {r.acked_rate:,.0f}/s; CPU {r.cpu}; per reading {r.cpu_per_reading()}",
+    for key, label in (("rest_single", layout), ("rest_single_2", "2 front processes + storage")):
+        if key not in results:
+            continue
+        r = results[key]
+        rows.append(
+            Row(
+                f"{tag}: REST 1 reading/request → stored ({label})",
+                r.e2e_rate,
+                "",
+                js_single_acked,
+                f"JetStream publish+ack x{single_conc}",
+                GOAL_SINGLE,
+                note=f"front door acknowledged {r.acked_rate:,.0f}/s; CPU {r.cpu}; per reading {r.cpu_per_reading()}",
+            )
         )
-    )
     rows.append(
         Row(
             f"{tag}: ingest {'front' if storage is not None else ''} peak RSS".replace("  ", " "),
@@ -912,6 +958,11 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
                 f"{ready_rss / MB:.0f} MB when ready, before any request; peak by scenario: "
                 + ", ".join(f"{k} {results[k].rss_peak.get('ingest', 0) / MB:.0f} MB" for k in results)
                 + f"; kernel VmHWM {ingest_hwm / MB:.0f} MB"
+                + (
+                    f"; the second front (scenario 4) {sampler.peak['ingest-front2'] / MB:.0f} MB"
+                    if "ingest-front2" in sampler.peak
+                    else ""
+                )
             ),
         )
     )

@@ -231,6 +231,30 @@ async def test_port_in_use_fails(server: GrpcServer) -> None:
         )
 
 
+async def test_servers_with_reuse_port_share_a_port() -> None:
+    def start(port: int, reuse_port: bool = True) -> Any:
+        return start_grpc_server(
+            host="127.0.0.1",
+            port=port,
+            servicers=[(telemetry_pb2_grpc.add_TelemetryQueryServicer_to_server, Query())],
+            service_names=[QUERY],
+            reuse_port=reuse_port,
+        )
+
+    first = await start(0)
+    second = await start(first.port)
+    try:
+        assert second.port == first.port
+        with pytest.raises((OSError, RuntimeError)):
+            await start(first.port, reuse_port=False)
+        await first.server.stop(0)
+        async with grpc.aio.insecure_channel(first.address) as channel:
+            assert await check(channel, QUERY) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await first.server.stop(0)
+        await second.server.stop(0)
+
+
 def test_http_status_to_grpc_code() -> None:
     assert grpc_code_for_status(400) == grpc.StatusCode.INVALID_ARGUMENT
     assert grpc_code_for_status(401) == grpc.StatusCode.UNAUTHENTICATED

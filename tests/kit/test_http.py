@@ -314,3 +314,35 @@ async def test_keep_alive_and_closing_requests_get_whole_answers_from_a_real_ser
         writer.close()
     finally:
         await server.stop()
+
+
+async def test_servers_with_reuse_port_share_a_port_and_the_connections() -> None:
+    # Two processes of a service on one host (here two servers of one process) take turns on its port.
+    def app(name: str) -> FastAPI:
+        a = create_http_app(title=name, version="1.0")
+
+        @a.get("/who")
+        async def who() -> dict[str, str]:
+            return {"name": name}
+
+        return a
+
+    first = await serve_http(app("first"), "127.0.0.1", 0, reuse_port=True)
+    second = await serve_http(app("second"), "127.0.0.1", first.port, reuse_port=True)
+    try:
+        assert second.port == first.port
+        seen = set()
+        for _ in range(40):  # a new connection each time: the kernel picks a listener per connection
+            async with httpx.AsyncClient(base_url=first.url) as client:
+                seen.add((await client.get("/who")).json()["name"])
+        assert seen == {"first", "second"}
+        # A server without the option still cannot take the port.
+        with pytest.raises(RuntimeError, match="failed to start"):
+            await serve_http(app("third"), "127.0.0.1", first.port)
+        await first.stop()
+        for _ in range(5):
+            async with httpx.AsyncClient(base_url=second.url) as client:
+                assert (await client.get("/who")).json() == {"name": "second"}
+    finally:
+        await first.stop()
+        await second.stop()

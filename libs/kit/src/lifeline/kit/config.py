@@ -85,6 +85,10 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 0
     grpc_port: int = 0
+    # Several processes of this service on one host share its HTTP and gRPC ports (SO_REUSEPORT, the
+    # kernel spreads connections among them), e.g. two of ingest's front doors on a host of 2+ cores.
+    # Every process on the port must set it; off, a second server on a taken port fails to start.
+    reuse_port: bool = False
 
     def database_url_for(self, instance: InstanceSettings) -> str:
         """The configured database URL, or a SQLite file of this service under the data directory."""

@@ -295,13 +295,17 @@ async def start_grpc_server(
     service_names: Sequence[str],
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    reuse_port: bool = False,
 ) -> GrpcServer:
-    """Start a grpc.aio server with the servicers, health, reflection, tracing and problem details."""
+    """Start a grpc.aio server with the servicers, health, reflection, tracing and problem details.
+
+    With `reuse_port` other processes serving on the same port with it share the connections."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        # With SO_REUSEPORT a second server on a taken port would start silently and share its traffic.
-        ("grpc.so_reuseport", 0),
+        # gRPC sets SO_REUSEPORT unless told otherwise: a second server on a taken port would then start
+        # silently and share its traffic. Only where asked for (ServiceSettings.reuse_port).
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = grpc.aio.server(
         interceptors=[*grpc_server_interceptors(), ProblemInterceptor(), *interceptors],

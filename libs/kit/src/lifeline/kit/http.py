@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -389,10 +390,31 @@ def _with_fast_routes(app: Any) -> Any:
     return _FastRoutes(app, routes, state.fast_routes_language, owner=app)  # type: ignore[union-attr]
 
 
+def _shared_socket(host: str, port: int) -> socket.socket:
+    """A listening address other processes may bind too (SO_REUSEPORT): the kernel spreads connections."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def serve_http(
-    app: Any, host: str = "127.0.0.1", port: int = 0, *, graceful_timeout: int | None = 10
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    graceful_timeout: int | None = 10,
+    reuse_port: bool = False,
 ) -> HttpServer:
-    """Start serving ``app`` in the current event loop; returns once it listens (or raises if it cannot)."""
+    """Start serving ``app`` in the current event loop; returns once it listens (or raises if it cannot).
+
+    With `reuse_port` other processes serving on the same port with it share the connections."""
     config = uvicorn.Config(
         _with_fast_routes(app),
         host=host,
@@ -410,10 +432,11 @@ async def serve_http(
         timeout_graceful_shutdown=graceful_timeout,
     )
     server = _EmbeddedServer(config)
+    shared = [_shared_socket(host, port)] if reuse_port else None
 
     async def run() -> None:
         try:
-            await server.serve()
+            await server.serve(sockets=shared)
         except SystemExit as exc:
             # uvicorn exits the process when it cannot bind or the lifespan fails; here that would
             # take down every other service of the process instead of just failing this start.

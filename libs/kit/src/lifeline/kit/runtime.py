@@ -210,7 +210,9 @@ class Service(abc.ABC):
         for part in self.background:
             part.start()
             self._started.append(part)
-        self.http = await serve_http(self.app, self.settings.http_host, self.settings.http_port)
+        self.http = await serve_http(
+            self.app, self.settings.http_host, self.settings.http_port, reuse_port=self.settings.reuse_port
+        )
         servicers = self.grpc_servicers()
         if servicers:
             from lifeline.kit.grpc import AuthInterceptor, start_grpc_server
@@ -221,6 +223,7 @@ class Service(abc.ABC):
                 servicers=servicers,
                 service_names=self.grpc_service_names,
                 interceptors=[AuthInterceptor(self.verifier)],
+                reuse_port=self.settings.reuse_port,
             )
         log.info(
             "service %s started",
