@@ -22,30 +22,6 @@ class MalformedReadings(ValueError):
     """A ReadingsAccepted whose columns differ in length: no reading of it can be trusted."""
 
 
-def readings_message(
-    region: str,
-    sensor_ids: Sequence[str],
-    device_times_ms: Sequence[int],
-    values: Sequence[float],
-    units: Sequence[str],
-    qualities: Sequence[int],
-    received_time_ms: int = 0,
-) -> telemetry_pb2.ReadingsAccepted:
-    """One message of readings given column by column (all of one length)."""
-    n = len(sensor_ids)
-    if not (len(device_times_ms) == len(values) == len(units) == len(qualities) == n):
-        raise MalformedReadings("readings columns of different lengths")
-    return telemetry_pb2.ReadingsAccepted(
-        region=region,
-        sensor_ids=sensor_ids,
-        device_times_ms=device_times_ms,
-        values=values,
-        units=units,
-        qualities=qualities,  # type: ignore[arg-type]  # enum values as their codes
-        received_time_ms=received_time_ms,
-    )
-
-
 def message_from_rows(
     region: str, rows: Iterable[Sequence[object]], received_time_ms: int = 0
 ) -> telemetry_pb2.ReadingsAccepted:
@@ -60,7 +36,15 @@ def message_from_rows(
     if len(columns) < 5:
         raise MalformedReadings(f"readings rows of {len(columns)} fields, 5 needed")
     ids, times, values, units, qualities = columns[:5]
-    return readings_message(region, ids, times, values, units, qualities, received_time_ms)
+    return telemetry_pb2.ReadingsAccepted(
+        region=region,
+        sensor_ids=ids,
+        device_times_ms=times,
+        values=values,
+        units=units,
+        qualities=qualities,
+        received_time_ms=received_time_ms,
+    )
 
 
 def iter_readings(msg: telemetry_pb2.ReadingsAccepted) -> Iterator[ReadingRow]:
