@@ -8,8 +8,10 @@ import queue
 
 import paho.mqtt.client as mqtt
 import pytest
+from nats.aio.msg import Msg
 
 from lifeline.ingest.app import IngestApp
+from lifeline.ingest.consumers import MqttHandler
 from lifeline.kit.natsserver import NatsServer
 
 from .helpers import count_rows, now_ms, reading, stored_rows, wait_stored
@@ -67,3 +69,35 @@ async def test_mqtt_malformed_message_gets_a_problem_and_changes_nothing(ingest:
     assert body["status"] == 413
     await asyncio.sleep(0.5)
     assert await count_rows(ingest) == 0
+
+
+async def test_a_fetch_of_one_reading_messages_is_judged_together_and_answered_in_order(ingest: IngestApp):
+    # Devices sending one reading per message: a fetch's messages share JetStream publishes (one round
+    # trip each held a device to ~1 ms a message); every message still gets its own answer, in order.
+    handler = MqttHandler(ingest.service, ingest.bus, ingest.settings, "340100")
+    answers: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+
+    async def on_answer(msg: Msg) -> None:
+        answers.put_nowait((msg.subject.split(".")[2], json.loads(msg.data)))
+
+    sub = await ingest.bus.nc.subscribe("devices.340100.*.results", cb=on_answer)
+    t = now_ms() - 60_000
+    msgs, expected = [], {"dev-a": [], "dev-b": []}
+    for i in range(40):
+        client = "dev-a" if i % 2 else "dev-b"
+        sensor = "NOPE" if i % 5 == 0 else ("GAS-CH4-1" if i % 2 else "GAS-CH4-2")
+        body = json.dumps({"readings": [reading(sensor=sensor, ts=t + i, value=float(i))]}).encode()
+        msgs.append(Msg(_client=ingest.bus.nc, subject=f"devices.340100.{client}.readings", data=body))
+        expected[client].append("rejected" if sensor == "NOPE" else "accepted")
+    before = (await ingest.bus.js.stream_info("READINGS")).state.last_seq
+    await handler(msgs)
+    published = (await ingest.bus.js.stream_info("READINGS")).state.last_seq - before
+    got: dict[str, list[str]] = {"dev-a": [], "dev-b": []}
+    for _ in range(40):
+        client, answer = await asyncio.wait_for(answers.get(), 10)
+        got[client].append(answer["results"][0]["status"])
+    await sub.unsubscribe()
+    assert got == expected
+    assert 1 <= published < 8, f"32 accepted readings went out in {published} messages"
+    await wait_stored(ingest, 32)
+    assert sorted(v for _, _, v in await stored_rows(ingest)) == [float(i) for i in range(40) if i % 5]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -14,7 +15,6 @@ from lifeline.kit.problems import ProblemError
 from lifeline.v1 import telemetry_pb2
 
 from .endpoints import parse_readings, render_results
-from .registry import RegistryNotReady
 from .service import IngestService
 from .settings import IngestSettings
 
@@ -54,10 +54,26 @@ class MqttHandler:
         self.region = region
 
     async def __call__(self, msgs: list[Msg]) -> None:
-        for m in msgs:
-            await self.handle(m)
+        # A fetch's messages are judged at once, not one after another: each waits for JetStream to take
+        # its accepted readings, and judged together they share one publish (the group commit) instead
+        # of one round trip each, which held a device sending one reading per message to ~1 ms a
+        # message. Readings are claimed in message order (up to each one's first await), and answers go
+        # out in message order, after every message of the fetch has been judged.
+        judged = await asyncio.gather(*(self.judge(m) for m in msgs), return_exceptions=True)
+        for outcome in judged:
+            if isinstance(outcome, BaseException):
+                # The bus or the registry is not there: nothing is answered yet; the consumer retries
+                # the fetch one message at a time (a message whose readings went through meanwhile is
+                # answered `duplicate` then) and naks those that fail again.
+                raise outcome
+        for client, body in judged:  # type: ignore[misc]  # no exceptions left
+            try:
+                await self.bus.publish_core(f"devices.{self.region}.{client}.results", body)
+            except BusUnavailable:
+                log.warning("could not answer MQTT client %s", client)
 
-    async def handle(self, msg: Msg) -> None:
+    async def judge(self, msg: Msg) -> tuple[str, bytes]:
+        """The device's client id and the answer to its message (results, or a problem)."""
         parts = msg.subject.split(".")
         client = parts[2] if len(parts) == 4 else "unknown"
         principal = Principal(
@@ -69,14 +85,7 @@ class MqttHandler:
                 raise ProblemError(413, detail="ingest.body_too_large", params={"max": self.settings.max_body_bytes})
             items = parse_readings(msg.data, self.settings.max_batch)
             outcomes = await self.service.ingest(items, principal, source=f"mqtt:{client}")
-            body = render_results(outcomes, lang)
+            return client, render_results(outcomes, lang)
         except ProblemError as problem:
             # A message that can never be valid is answered and acknowledged, not redelivered.
-            body = msgspec.json.encode(problem.render(lang))
-        except (BusUnavailable, RegistryNotReady):
-            raise  # nak: the consumer redelivers it once the bus is back or the registry is loaded
-        reply = f"devices.{self.region}.{client}.results"
-        try:
-            await self.bus.publish_core(reply, body)
-        except BusUnavailable:
-            log.warning("could not answer MQTT client %s", client)
+            return client, msgspec.json.encode(problem.render(lang))
