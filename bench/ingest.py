@@ -70,6 +70,8 @@ from bench.common import (
 REGION = "340100"
 # gRPC batch requests prepared before their scenario: enough for this many readings/s (more are built as sent).
 PREPARED_RATE = 160_000
+# MQTT devices of the MQTT scenario, each with a chunk of 32 one-reading messages in flight.
+MQTT_DEVICES = 8
 COUNTY = "340104"
 UNIT = "%LEL"
 BATCH = 500
@@ -661,6 +663,57 @@ def raw_senders(conns: list[RawHttpConnection], clock: Clock, size: int) -> list
     return [make(c) for c in conns]
 
 
+class MqttDevices:
+    """Devices publishing one reading per MQTT message (QoS 1) to nats-server's MQTT listener.
+
+    paho-mqtt clients, each with its network thread; a sender publishes a chunk of messages and returns
+    when the listener acknowledged them all (PUBACK: stored in the DEVICES stream), so each device keeps
+    up to `chunk` messages in flight. Bodies for up to PREPARED_RATE / 10 messages a second are encoded
+    before the scenario (more are encoded as they are sent).
+    """
+
+    def __init__(self, port: int, devices: int, clock: Clock, prepared: int, chunk: int = 32) -> None:
+        from collections import deque
+
+        import paho.mqtt.client as mqtt
+
+        self.clock = clock
+        self.chunk = chunk
+        self.bodies = deque(json_body(clock.take(1)) for _ in range(prepared))
+        self.clients: list[Any] = []
+        for i in range(devices):
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-device-{i}", clean_session=True)
+            client.max_inflight_messages_set(chunk)
+            client.connect("127.0.0.1", port)
+            client.loop_start()
+            self.clients.append(client)
+
+    def senders(self) -> list[Sender]:
+        def make(client: Any, topic: str) -> Sender:
+            def publish_chunk() -> int:
+                infos = []
+                for _ in range(self.chunk):
+                    body = self.bodies.popleft() if self.bodies else json_body(self.clock.take(1))
+                    infos.append(client.publish(topic, body, qos=1))
+                for info in infos:
+                    info.wait_for_publish(timeout=30)
+                    if not info.is_published():
+                        raise BenchError(f"MQTT publish to {topic} not acknowledged within 30 s (rc {info.rc})")
+                return self.chunk
+
+            async def send() -> int:
+                return await asyncio.to_thread(publish_chunk)
+
+            return send
+
+        return [make(c, f"devices/{REGION}/bench-device-{i}/readings") for i, c in enumerate(self.clients)]
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.loop_stop()
+            client.disconnect()
+
+
 def grpc_senders(channel: Any, token: str, clock: Clock, in_flight: int, prebuilt: int = 0) -> list[Sender]:
     """IngestBatch senders; the first `prebuilt` requests are serialised before the scenario starts.
 
@@ -878,9 +931,17 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
             stack.push_async_callback(conn.close)
         await load("rest_single", "REST one reading per request", raw_senders(conns, clock, 1), plan.rest_single_s)
 
-        # 4. The same with a second front door process on the same ports (SO_REUSEPORT: the kernel spreads
-        # the connections): a one-reading request costs the front a few hundred µs, so one front process
-        # holds a core and no more; a host with cores to spare runs more of them (or replicas).
+        # 4. Devices over MQTT, one reading per message: the way most devices report (the nats-server's
+        # MQTT listener stores each message in DEVICES; ingest's consumer judges a fetch of them at once).
+        log(f"[{tag}] MQTT one reading per message: {MQTT_DEVICES} devices, {plan.rest_single_s:g} s")
+        devices = MqttDevices(nats.mqtt_port, MQTT_DEVICES, clock, math.ceil(PREPARED_RATE / 10 * plan.rest_single_s))
+        stack.callback(devices.close)
+        await load("mqtt_single", "MQTT one reading per message", devices.senders(), plan.rest_single_s)
+        devices.close()
+
+        # 5. REST one reading per request with a second front door process on the same ports (SO_REUSEPORT:
+        # the kernel spreads the connections): a one-reading request costs the front a few hundred µs, so
+        # one front process holds a core and no more; a host with cores to spare runs more of them.
         front2 = None
         if two_fronts:
             ports = (int(port), int(server.grpc_address.rsplit(":", 1)[1]))
@@ -930,13 +991,17 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
                 note=f"front door acknowledged {r.acked_rate:,.0f}/s; CPU {r.cpu}; per reading {r.cpu_per_reading()}",
             )
         )
-    for key, label in (("rest_single", layout), ("rest_single_2", "2 front processes + storage")):
+    for key, label in (
+        ("rest_single", f"REST 1 reading/request → stored ({layout})"),
+        ("mqtt_single", f"MQTT 1 reading/message → stored ({layout})"),
+        ("rest_single_2", "REST 1 reading/request → stored (2 front processes + storage)"),
+    ):
         if key not in results:
             continue
         r = results[key]
         rows.append(
             Row(
-                f"{tag}: REST 1 reading/request → stored ({label})",
+                f"{tag}: {label}",
                 r.e2e_rate,
                 "",
                 js_single_acked,
@@ -959,7 +1024,7 @@ async def bench_backend(backend: str, ctx: Ctx, pg_dsn: str | None) -> list[Row]
                 + ", ".join(f"{k} {results[k].rss_peak.get('ingest', 0) / MB:.0f} MB" for k in results)
                 + f"; kernel VmHWM {ingest_hwm / MB:.0f} MB"
                 + (
-                    f"; the second front (scenario 4) {sampler.peak['ingest-front2'] / MB:.0f} MB"
+                    f"; the second front (scenario 5) {sampler.peak['ingest-front2'] / MB:.0f} MB"
                     if "ingest-front2" in sampler.peak
                     else ""
                 )
