@@ -339,6 +339,13 @@ else:
 
 _Behavior = Callable[..., Any]
 _STOP = object()
+# A method handler's kinds: its attribute, the grpc factory of such a handler, whether it streams responses.
+_HANDLER_KINDS: Final = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+)
 
 
 class AuthInterceptor(_ServerInterceptor):
@@ -388,30 +395,16 @@ class AuthInterceptor(_ServerInterceptor):
         await context.abort(err.grpc_status, f"{err.code}: {err.message}")
 
     def _wrap(self, handler: _Handler) -> _Handler:
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary_response(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary_response(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream_response(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._wrap_stream_response(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        # The handler's one behavior, wrapped, in a handler of the same kind with the same (de)serializers.
+        for kind, make, streaming in _HANDLER_KINDS:
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                wrap = self._wrap_stream_response if streaming else self._wrap_unary_response
+                return make(
+                    wrap(behavior),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
         return handler
 
     def _wrap_unary_response(self, behavior: _Behavior) -> _Behavior:
