@@ -5,6 +5,9 @@ from __future__ import annotations
 import httpx
 
 from lifeline.ingest.app import IngestApp
+from lifeline.ingest.validation import Rejection
+from lifeline.kit.auth import Principal
+from lifeline.v1 import telemetry_pb2 as R
 
 from .helpers import count_rows, latest_of, now_ms, reading, stored_rows, wait_stored
 
@@ -140,6 +143,27 @@ async def test_reads_are_scoped_by_region(client: httpx.AsyncClient, ingest: Ing
         )
         assert w.json()["results"][0]["reason"] == "forbidden_region"
     assert await count_rows(ingest) == 2
+
+
+async def test_region_checks_follow_each_callers_region_in_any_order(ingest: IngestApp):
+    # The validator remembers region checks by the caller's region: callers of two districts taking
+    # turns (as devices' MQTT messages do) each see their own district's sensors and not the other's.
+    t = now_ms() - 1000
+    gas_district = Principal(subject="a", client_id="a", roles=frozenset({"device"}), region="340104")
+    water_district = Principal(subject="b", client_id="b", roles=frozenset({"device"}), region="340111")
+    items = [("GAS-CH4-1", t, 1.0, "", 1), ("WATER-P-1", t, 0.3, "", 1)]
+
+    def forbidden(principal: Principal) -> list[bool]:
+        judged = ingest.service.validator.check_all(items, principal, t)
+        return [isinstance(j, Rejection) and j.reason == R.REJECT_REASON_FORBIDDEN_REGION for j in judged]
+
+    for _ in range(2):
+        assert forbidden(gas_district) == [False, True]
+        assert forbidden(water_district) == [True, False]
+        assert forbidden(Principal(subject="c", client_id="c", roles=frozenset({"device"}), region="340100")) == [
+            False,
+            False,
+        ]
 
 
 async def test_sensor_status_offline_and_back(client: httpx.AsyncClient, ingest: IngestApp):

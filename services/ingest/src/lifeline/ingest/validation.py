@@ -206,10 +206,10 @@ class Validator:
     def __init__(self, registry: SensorRegistry, limits: Limits) -> None:
         self.registry = registry
         self.limits = limits
-        # principal.sees(region) of the principal seen last: a batch has one principal and few regions,
-        # and principal.sees (two regex matches) cost more than all the other checks of a reading together.
-        self._sees_principal: Principal | None = None
-        self._sees: dict[str, bool] = {}
+        # principal.sees(sensor region) by the principal's region (all it depends on): principal.sees (two
+        # regex matches) cost more than all the other checks of a reading together, and a device's MQTT
+        # messages each come with a Principal of their own. Bounded by principal regions × sensor regions.
+        self._sees: dict[str | None, dict[str, bool]] = {}
 
     def check_all(
         self,
@@ -222,9 +222,9 @@ class Validator:
         One loop over the batch with everything it reads bound once: this runs for every reading.
         """
         sensors = self.registry.get
-        if principal is not self._sees_principal:
-            self._sees_principal, self._sees = principal, {}
-        sees_cache = self._sees
+        sees_cache = self._sees.get(principal.region)
+        if sees_cache is None:
+            sees_cache = self._sees[principal.region] = {}
         newest = now_ms + self.limits.max_future_skew_ms
         oldest = now_ms - self.limits.retention_ms
         isfinite = math.isfinite
