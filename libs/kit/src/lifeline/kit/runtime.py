@@ -86,21 +86,41 @@ def freeze_heap(after: str) -> None:
     log.info("heap frozen after %s: %d objects exempt from collection", after, gc.get_freeze_count())
 
 
-class Periodic:
+class TaskPart:
+    """A background part that is one task running ``_run()``: ``start()`` creates it once, named
+    ``task_name``; ``stop()`` cancels it and waits for its end (a part that ends gracefully overrides it)."""
+
+    task_name = "background"
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        """Start ``_run()`` as a task (once)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self.task_name)
+        return self._task
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Cancel the task and wait until it has ended."""
+        await self._cancel_task()
+
+    async def _cancel_task(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class Periodic(TaskPart):
     """Calls `fn` every `interval` seconds until stopped; errors are logged and the loop goes on."""
 
     def __init__(self, name: str, interval: float, fn: Callable[[], Awaitable[Any]]) -> None:
-        self.name = name
+        self.name = self.task_name = name
         self.interval = interval
         self.fn = fn
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> asyncio.Task[None]:
-        """Start the loop as a task."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=self.name)
-        return self._task
 
     async def _run(self) -> None:
         while not self._stop.is_set():

@@ -13,7 +13,7 @@ import logging
 from nats.aio.msg import Msg
 
 from lifeline.kit.bus import PullConsumer
-from lifeline.kit.runtime import freeze_heap
+from lifeline.kit.runtime import TaskPart, freeze_heap
 from lifeline.v1 import telemetry_pb2
 
 from .census import CensusSnapshot
@@ -27,7 +27,7 @@ STATUS_SUBJECT = "events.ingest.sensor_status.>"
 ASSETS_SUBJECT = "events.assets.>"
 
 
-class CensusGate:
+class CensusGate(TaskPart):
     """Holds readings back at start until the census consumer has caught up (and the snapshot is in).
 
     A reading of a sensor alerts does not know yet is skipped, not retried; so on a fresh start the
@@ -35,18 +35,14 @@ class CensusGate:
     are applied first (waiting at most ``timeout`` seconds: an unreachable assets must not stop alerts).
     """
 
+    task_name = "alerts-census-gate"
+
     def __init__(self, census: PullConsumer, timeout: float = 10.0, snapshot: CensusSnapshot | None = None) -> None:
         self.census = census
         self.snapshot = snapshot
         self.timeout = timeout
         self.freeze_within = 300.0
         self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> asyncio.Task[None]:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="alerts-census-gate")
-        return self._task
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -73,10 +69,7 @@ class CensusGate:
 
     async def stop(self) -> None:
         self.ready.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._cancel_task()
 
 
 class ReadingsHandler:

@@ -13,9 +13,10 @@ Kept local to alerts for now; a kit helper may take it over (the storage process
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 from collections.abc import Callable
+
+from lifeline.kit.runtime import TaskPart
 
 
 def _malloc_trim() -> Callable[[], object] | None:
@@ -29,8 +30,10 @@ def _malloc_trim() -> Callable[[], object] | None:
     return lambda: trim(0)
 
 
-class HeapTrimmer:
+class HeapTrimmer(TaskPart):
     """Trims the C heap after ``min_messages`` handled messages, once quiet for ``quiet_s`` (or ``every_s``)."""
+
+    task_name = "alerts-heap-trim"
 
     def __init__(
         self,
@@ -47,7 +50,6 @@ class HeapTrimmer:
         self._handled = 0
         self._last_note = 0.0
         self._armed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.trims = 0
 
     def note(self, messages: int) -> None:
@@ -56,11 +58,6 @@ class HeapTrimmer:
         self._last_note = asyncio.get_running_loop().time()
         if self._handled >= self.min_messages and self._trim is not None:
             self._armed.set()
-
-    def start(self) -> asyncio.Task[None]:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="alerts-heap-trim")
-        return self._task
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -77,9 +74,3 @@ class HeapTrimmer:
             if self._trim is not None:
                 self._trim()
                 self.trims += 1
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

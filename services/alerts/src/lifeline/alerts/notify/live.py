@@ -24,6 +24,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from lifeline.kit.auth import Principal
 from lifeline.kit.bus import Bus
 from lifeline.kit.problems import FieldError, ProblemError
+from lifeline.kit.runtime import TaskPart
 from lifeline.v1 import alerts_pb2
 
 from .consumers import EVENTS_SUBJECT, decode
@@ -119,15 +120,16 @@ class Watcher:
                 yield None
 
 
-class LiveFeed:
+class LiveFeed(TaskPart):
     """The replica's live view of alert events (a background part of the service)."""
+
+    task_name = "alerts-live"
 
     def __init__(self, bus: Bus, settings: NotifySettings) -> None:
         self.bus = bus
         self.settings = settings
         self.recent: deque[Item] = deque(maxlen=settings.replay_events)
         self.watchers: set[Watcher] = set()
-        self._task: asyncio.Task[None] | None = None
         self._started = datetime.now(UTC)
         self.subscribed = asyncio.Event()
 
@@ -163,12 +165,6 @@ class LiveFeed:
             self.recent.append(item)
             return
         self._fan_out(item)
-
-    def start(self) -> asyncio.Task[None]:
-        """Follow the stream."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="alerts-live")
-        return self._task
 
     async def _run(self) -> None:
         delay = 0.5
@@ -211,7 +207,4 @@ class LiveFeed:
         """Stop following and end every watcher's stream."""
         for w in list(self.watchers):
             self.unwatch(w)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._cancel_task()

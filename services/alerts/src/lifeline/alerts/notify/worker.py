@@ -8,27 +8,24 @@ import logging
 
 import httpx
 
+from lifeline.kit.runtime import TaskPart
+
 from .service import Notifications
 
 log = logging.getLogger(__name__)
 
 
-class DeliveryWorker:
+class DeliveryWorker(TaskPart):
     """Loops over ``Notifications.deliver_due``; sleeps up to the poll interval when nothing is due."""
+
+    task_name = "alerts-webhooks"
 
     def __init__(self, notifications: Notifications) -> None:
         self.notifications = notifications
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         notifications.on_due = self._wake.set
-
-    def start(self) -> asyncio.Task[None]:
-        """Start sending."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="alerts-webhooks")
-        return self._task
 
     def _http(self) -> httpx.AsyncClient:
         # Made on the first delivery, not at start: its TLS context loads the CA bundle (~1.4 MB of RSS
