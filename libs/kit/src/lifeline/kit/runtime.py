@@ -86,7 +86,7 @@ def freeze_heap(after: str) -> None:
     log.info("heap frozen after %s: %d objects exempt from collection", after, gc.get_freeze_count())
 
 
-class TaskPart:
+class TaskPart(abc.ABC):
     """A background part that is one task running ``_run()``: ``start()`` creates it once, named
     ``task_name``; ``stop()`` cancels it and waits for its end (a part that ends gracefully overrides it)."""
 
@@ -99,8 +99,9 @@ class TaskPart:
             self._task = asyncio.create_task(self._run(), name=self.task_name)
         return self._task
 
+    @abc.abstractmethod
     async def _run(self) -> None:
-        raise NotImplementedError
+        """The part's work, until it ends or is cancelled."""
 
     async def stop(self) -> None:
         """Cancel the task and wait until it has ended."""
