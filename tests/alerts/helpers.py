@@ -11,10 +11,13 @@ import nats.errors
 from sqlalchemy import func, select
 
 from lifeline.alerts.app import AlertsApp
+from lifeline.alerts.context import entity_doc
 from lifeline.alerts.service import AlertsService
 from lifeline.kit.auth import Principal
+from lifeline.kit.bus import Bus
 from lifeline.kit.outbox import outbox_table
 from lifeline.kit.readings import message_from_rows
+from lifeline.kit.testing.census import publish_census_entry
 from lifeline.v1 import alerts_pb2, assets_pb2, telemetry_pb2
 
 REGION = "340104"
@@ -53,14 +56,16 @@ async def publish_census(
     version: int = 1,
     **sensor_extra: Any,
 ) -> None:
-    """Publish assets' events for a gas facility and its sensors ({sensor id: quantity}) and wait for them."""
+    """Publish the census entries of a gas facility and its sensors ({sensor id: quantity}); wait for them."""
     fac = assets_pb2.Facility(
         code=code, kind=assets_pb2.FACILITY_KIND_GAS, name="燃气管段", region=REGION, unit_id=unit_id, version=version
     )
-    await app.bus.publish(
-        f"events.assets.facility.{REGION}",
+    await publish_census_entry(
+        app.bus,
+        "facility",
+        REGION,
+        code,
         assets_pb2.FacilityChanged(change=assets_pb2.CHANGE_KIND_CREATED, facility=fac).SerializeToString(),
-        msg_id=f"facility:{code}:{version}:{secrets.token_hex(4)}",
     )
     for sid, quantity in sensors.items():
         s = assets_pb2.AssetSensor(
@@ -72,10 +77,12 @@ async def publish_census(
             version=version,
             **sensor_extra,
         )
-        await app.bus.publish(
-            f"events.assets.sensor.{REGION}",
+        await publish_census_entry(
+            app.bus,
+            "sensor",
+            REGION,
+            sid,
             assets_pb2.SensorChanged(change=assets_pb2.CHANGE_KIND_CREATED, sensor=s).SerializeToString(),
-            msg_id=f"sensor:{sid}:{version}:{secrets.token_hex(4)}",
         )
     for _ in range(200):
         if all(sid in app.service.engine.sensors for sid in sensors) and code in app.service.engine.facilities:
@@ -140,6 +147,15 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not reached in time")
+
+
+async def publish_entries(bus: Bus, entries: list[tuple[str, bytes]]) -> None:
+    """Census entries ((entity, change event) pairs, e.g. from census_payloads) on the bus, as assets writes them."""
+    for entity, payload in entries:
+        parsed = entity_doc(entity, payload)
+        assert parsed is not None, entity
+        key, _, doc = parsed
+        await publish_census_entry(bus, entity, doc.get("region") or REGION, key, payload)
 
 
 def census_payloads(

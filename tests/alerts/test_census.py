@@ -134,8 +134,8 @@ async def test_a_retired_sensor_clears_its_alert_and_its_state_goes(service: Ale
     assert not fresh.engine.sensors[sid].active
 
 
-async def test_a_retired_facility_read_in_a_snapshot_clears_the_alerts_on_it(service: AlertsService) -> None:
-    """Also when the retirement's event is gone from the stream and only a snapshot brings it."""
+async def test_a_retired_facility_clears_the_alerts_on_it(service: AlertsService) -> None:
+    """Also when its census entry says retired by status only (change kind updated, e.g. read anew)."""
     code, sid, alert_id = await firing_sensor(service)
     _, other_sid, other_alert = await firing_sensor(service)
     facility = assets_pb2.Facility(
@@ -146,7 +146,8 @@ async def test_a_retired_facility_read_in_a_snapshot_clears_the_alerts_on_it(ser
         status=assets_pb2.FACILITY_STATUS_RETIRED,
         version=2,
     )
-    assert await service.apply_snapshot("facility", [facility]) == 1
+    event = assets_pb2.FacilityChanged(change=assets_pb2.CHANGE_KIND_UPDATED, facility=facility)
+    assert await service.apply_assets([("facility", event.SerializeToString())]) == 1
     alert = await service.get_alert(alert_id=alert_id, principal=VIEWER)
     assert alert["condition"] == "cleared"
     assert alert["history"][-1]["kind"] == "cleared" and alert["history"][-1]["comment"] == "facility retired"
@@ -177,7 +178,6 @@ async def test_retiring_a_sensor_in_assets_clears_its_alert_end_to_end(
             http_port=0,
             grpc_port=0,
             timer_interval_s=3600,
-            assets_grpc=assets.grpc.address,
         ),
     )
     code, serial = fresh_ids()

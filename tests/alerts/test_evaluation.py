@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, select
 
 from lifeline.alerts import models
 from lifeline.alerts.service import AlertsService
 from lifeline.kit.db import Database
-from lifeline.v1 import common_pb2, telemetry_pb2
+from lifeline.kit.outbox import outbox_table
+from lifeline.v1 import alerts_pb2, common_pb2, telemetry_pb2
 
 from .helpers import OPERATOR, VIEWER, Clock, batch, census_payloads, count, fresh_ids, outbox_subjects
 
@@ -78,6 +79,10 @@ async def test_alerts_on_one_facility_share_an_incident(service: AlertsService) 
     )
     items, _ = await service.list_alerts(principal=VIEWER, facility_code=code)
     assert len(items) == 2 and len({a["incident_id"] for a in items}) == 1
+    # The raised events say so too (the second alert's incident is the one the insert found).
+    async with service.db.transaction(readonly=True) as s:
+        payloads = (await (await s.connection()).execute(select(outbox_table.c.payload))).scalars().all()
+    assert {alerts_pb2.AlertEvent.FromString(p).alert.incident_id for p in payloads} == {items[0]["incident_id"]}
     other_code, [other] = await gas_sensor(service)
     await service.evaluate([batch([(other, T0, 30.0), (other, T0 + 60 * S, 30.0)])])
     [third], _ = await service.list_alerts(principal=VIEWER, facility_code=other_code)

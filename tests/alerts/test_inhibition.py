@@ -17,7 +17,16 @@ from lifeline.alerts.workflow import State
 from lifeline.kit.catalogue import Level
 from lifeline.v1 import alerts_pb2, assets_pb2
 
-from .helpers import OPERATOR, REGION, EventReader, batch, outbox_subjects, publish_readings, wait_until
+from .helpers import (
+    OPERATOR,
+    REGION,
+    EventReader,
+    batch,
+    outbox_subjects,
+    publish_entries,
+    publish_readings,
+    wait_until,
+)
 
 S = 1000
 T0 = 1_760_000_000_000
@@ -168,8 +177,7 @@ async def test_link_events_on_the_bus_build_the_network_and_a_retired_link_relea
     alerts: AlertsApp, events: EventReader
 ) -> None:
     codes, s, census = water_main(["w0", "w1"])
-    for entity, payload in [*census, link(codes["w0"], codes["w1"])]:
-        await alerts.bus.publish(f"events.assets.{entity}.{REGION}", payload, msg_id=f"{entity}:{secrets.token_hex(6)}")
+    await publish_entries(alerts.bus, [*census, link(codes["w0"], codes["w1"])])
 
     async def linked() -> bool:
         return bool(alerts.service.network.downstream(codes["w0"], 1))
@@ -181,8 +189,7 @@ async def test_link_events_on_the_bus_build_the_network_and_a_retired_link_relea
     assert not got[s["w0"]].suppressed
     assert got[s["w1"]].suppressed and got[s["w1"]].suppressed_by == got[s["w0"]].id
     # assets retires the link: w1 is no longer downstream of the burst.
-    _, payload = link(codes["w0"], codes["w1"], version=2, retired=True)
-    await alerts.bus.publish(f"events.assets.link.{REGION}", payload, msg_id=f"link:{secrets.token_hex(6)}")
+    await publish_entries(alerts.bus, [link(codes["w0"], codes["w1"], version=2, retired=True)])
     [(subject, released)] = await events.next()
     assert subject == f"events.alerts.unsuppressed.{REGION}"
     assert released.kind == alerts_pb2.ALERT_EVENT_KIND_UNSUPPRESSED

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lifeline.alerts.app import AlertsApp
 from lifeline.alerts.settings import AlertsSettings
 from lifeline.kit.bus import Bus
+from lifeline.kit.testing.census import mark_census_complete
 from lifeline.kit.testing.service import reset_streams
 from lifeline.v1 import alerts_pb2 as P
 from lifeline.v1 import common_pb2, telemetry_pb2
@@ -16,6 +17,7 @@ from .helpers import (
     census_payloads,
     fresh_ids,
     publish_census,
+    publish_entries,
     publish_readings,
     wait_until,
 )
@@ -87,8 +89,8 @@ async def test_readings_waiting_on_the_stream_at_start_are_evaluated_after_the_c
         await reset_streams(bus)
         code, serial = fresh_ids()
         sid = f"CH4-{serial}"
-        for entity, payload in census_payloads(code, {sid: "gas.ch4"}):
-            await bus.publish(f"events.assets.{entity}.340104", payload, msg_id=f"{entity}:{serial}")
+        await publish_entries(bus, census_payloads(code, {sid: "gas.ch4"}))
+        await mark_census_complete(bus)
         t0 = 1_760_000_000_000
         await bus.publish("readings.340100", batch([(sid, t0, 60.0), (sid, t0 + 30 * S, 60.0)]).SerializeToString())
     finally:

@@ -37,9 +37,11 @@ def collection(*features: dict[str, Any]) -> bytes:
     return json.dumps({"type": "FeatureCollection", "features": list(features)}, ensure_ascii=False).encode()
 
 
-async def outbox_count(app: AssetsApp) -> int:
+async def outbox_count(app: AssetsApp, prefix: str = "events.assets.") -> int:
+    """Change events in the outbox (each has its census entry beside it: prefix "$KV.census.")."""
+    query = select(func.count()).select_from(outbox_table).where(outbox_table.c.subject.startswith(prefix))
     async with app.db.transaction() as s:
-        return int((await (await s.connection()).execute(select(func.count()).select_from(outbox_table))).scalar_one())
+        return int((await (await s.connection()).execute(query)).scalar_one())
 
 
 async def state(app: AssetsApp) -> tuple[dict[str, int], int]:
@@ -86,6 +88,7 @@ async def test_geojson_import_is_idempotent_and_versions_changes(client: httpx.A
     assert [(v["version"], v["reason"]) for v in versions] == [(1, "import hf.geojson"), (2, "import hf-2.geojson")]
     assert versions[1]["after"]["attributes"] == {"material": "钢"} and versions[1]["actor"]
     assert await outbox_count(assets) == 4
+    assert await outbox_count(assets, "$KV.census.facility.") == 4  # each version's census entry too
 
 
 async def test_dry_run_counts_without_writing(client: httpx.AsyncClient, assets: AssetsApp) -> None:

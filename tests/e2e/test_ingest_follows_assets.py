@@ -89,8 +89,10 @@ async def test_sensor_registered_in_assets_is_accepted_by_ingest_and_refused_onc
     code, sensor_id = f"3402021102{serial}", f"WH-GAS-CH4-{serial}"
     try:
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=10) as c:
-            # Ready includes the registry: the first snapshot from assets is in.
+            # Ingest's readiness includes the registry: the census on the bus is read. It does not wait
+            # for assets itself (a census marked complete earlier is enough), so assets is asked too.
             await wait_ready(c, f"{ingest}/readyz", proc, within=60)
+            await wait_ready(c, f"{assets}/readyz", proc, within=60)
             assert await outcome(c, ingest, sensor_id) == "unknown_sensor"
             facility = {
                 "code": code,

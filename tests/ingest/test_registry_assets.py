@@ -1,5 +1,6 @@
-"""Ingest's sensor registry follows the assets service: a sensor registered there is accepted within
-seconds, a retired one refused; a snapshot at start, change events after; ready only once loaded.
+"""Ingest's sensor registry follows the assets service through the census on the bus: a sensor registered
+there is accepted within seconds, a retired one refused; the whole census at start (also with assets
+down), each change after; ready only once the census marked complete is read.
 
 Both services run for real (service_runner: real NATS, dev OpenID provider); ingest's database is SQLite
 and PostgreSQL, assets keeps its own SQLite file (its PostgreSQL path is tested in tests/assets).
@@ -8,6 +9,7 @@ and PostgreSQL, assets keeps its own SQLite file (its PostgreSQL path is tested 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +18,7 @@ from typing import Any
 
 import grpc
 import httpx
+import nats.js.errors
 import pytest
 from pydantic import ValidationError
 
@@ -23,18 +26,11 @@ from lifeline.assets.app import AssetsApp
 from lifeline.assets.settings import AssetsSettings
 from lifeline.ingest.app import IngestApp
 from lifeline.ingest.settings import IngestSettings
-from lifeline.kit.natsserver import free_port
+from lifeline.kit.census import CENSUS_STREAM, census_subject
+from lifeline.kit.testing.census import publish_census_entry
 from lifeline.v1 import assets_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 from .helpers import now_ms
-
-
-@pytest.fixture(autouse=True)
-async def service_account(oidc_provider: Any) -> None:
-    """The instance's service client (InstanceSettings defaults), which ingest uses to read assets."""
-    await oidc_provider.register_client(
-        "lifeline-services", roles=["service"], region="340100", client_secret="dev-secret"
-    )
 
 
 @pytest.fixture
@@ -49,25 +45,22 @@ def fresh_ids() -> tuple[str, str]:
     return f"3401041102{serial}", f"HF-GAS-CH4-{serial}"
 
 
-async def start_assets(service_runner: Any, tmp_path: Path, grpc_port: int = 0) -> AssetsApp:
-    settings = AssetsSettings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'assets.db'}", http_port=0, grpc_port=grpc_port
-    )
+async def start_assets(service_runner: Any, tmp_path: Path) -> AssetsApp:
+    settings = AssetsSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'assets.db'}", http_port=0, grpc_port=0)
     app: AssetsApp = await service_runner(AssetsApp, settings)
     return app
 
 
-async def start_ingest(service_runner: Any, database_url: str, assets_grpc: str) -> IngestApp:
+async def start_ingest(service_runner: Any, database_url: str, *, reset: bool = True) -> IngestApp:
     settings = IngestSettings(
         database_url=database_url,
         http_port=0,
         grpc_port=0,
         registry="assets",
-        assets_grpc=assets_grpc,
         status_check_interval_s=3600,
         retry_after_s=1,
     )
-    app: IngestApp = await service_runner(IngestApp, settings)
+    app: IngestApp = await service_runner(IngestApp, settings, reset=reset)
     return app
 
 
@@ -143,7 +136,7 @@ async def test_registered_sensor_accepted_within_seconds_and_refused_once_retire
     service_runner: Any, database_url: str, tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
     assets = await start_assets(service_runner, tmp_path)
-    ingest = await start_ingest(service_runner, database_url, assets.grpc_channel_target)
+    ingest = await start_ingest(service_runner, database_url)
     assert (await wait_ready(http, ingest, 20))["checks"]["registry"] == "ok"
     code, sensor_id = fresh_ids()
     assert await outcome(http, ingest, sensor_id) == "unknown_sensor"
@@ -156,48 +149,55 @@ async def test_registered_sensor_accepted_within_seconds_and_refused_once_retire
     await eventually(http, ingest, sensor_id, "sensor_retired", within=5)
 
 
-async def test_ingest_started_later_loads_the_sensors_from_the_snapshot(
-    service_runner: Any, database_url: str, tmp_path: Path, http: httpx.AsyncClient, monkeypatch: Any
+async def test_ingest_started_later_with_assets_down_loads_the_census_from_the_bus(
+    service_runner: Any, database_url: str, tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
     assets = await start_assets(service_runner, tmp_path)
     code, active = fresh_ids()
     others = [f"{active}-{n}" for n in range(3)]
     await register(http, assets, code, active, *others)
     await retire(http, assets, others[0])
-    # Pages of one sensor: the snapshot must follow next_page_token to the end.
-    monkeypatch.setattr("lifeline.ingest.registry.SNAPSHOT_PAGE", 1)
-    ingest = await start_ingest(service_runner, database_url, assets.grpc_channel_target)
+    # Wait until the relay put the census on the bus (the retirement is the last change), then stop
+    # assets and drop its change events from EVENTS: ingest has only the census to go by.
+    retired = census_subject("sensor", code[:6], others[0])
+    for _ in range(200):
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            last = await assets.bus.js.get_last_msg(CENSUS_STREAM, retired)
+            if assets_pb2.SensorChanged.FromString(last.data).sensor.version == 2:
+                break
+        await asyncio.sleep(0.05)
+    await assets.bus.js.purge_stream("EVENTS")
+    await assets.stop()
+    ingest = await start_ingest(service_runner, database_url, reset=False)
     await wait_ready(http, ingest, 20)
-    # No waiting for events: everything was registered before ingest started, the snapshot has it.
     assert await outcome(http, ingest, active) == "accepted"
     assert await outcome(http, ingest, others[2]) == "accepted"
     assert await outcome(http, ingest, others[0]) == "sensor_retired"
     assert len(ingest.registry) == 4
-    assert ingest.mirror.snapshots == 1
+    # One entry per sensor: the last version of each, not its history.
+    assert ingest.mirror.applied == 4 and ingest.mirror.stale == 0
 
 
 async def test_duplicated_or_late_events_do_not_roll_a_sensor_back(
     service_runner: Any, database_url: str, tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
     assets = await start_assets(service_runner, tmp_path)
-    ingest = await start_ingest(service_runner, database_url, assets.grpc_channel_target)
+    ingest = await start_ingest(service_runner, database_url)
     await wait_ready(http, ingest, 20)
     code, sensor_id = fresh_ids()
     await register(http, assets, code, sensor_id)
     await retire(http, assets, sensor_id)
     await eventually(http, ingest, sensor_id, "sensor_retired", within=5)
 
-    # The version-1 event (sensor active) again, after version 2 — as a redelivery or a replay would.
+    # The version-1 entry (sensor active) again, after version 2 — as a replay would.
     sub = await assets.bus.js.pull_subscribe(f"events.assets.sensor.{code[:6]}", stream="EVENTS")
     msgs = await sub.fetch(10, timeout=5)
     events = [assets_pb2.SensorChanged.FromString(m.data) for m in msgs]
     (v1,) = [e for e in events if e.sensor.sensor_id == sensor_id and e.sensor.version == 1]
     assert v1.sensor.status == assets_pb2.ASSET_SENSOR_STATUS_ACTIVE
     stale_before = ingest.mirror.stale
-    for n in range(2):
-        await assets.bus.publish(
-            f"events.assets.sensor.{code[:6]}", v1.SerializeToString(), msg_id=f"replay-{n}-{sensor_id}"
-        )
+    for _ in range(2):
+        await publish_census_entry(assets.bus, "sensor", code[:6], sensor_id, v1.SerializeToString())
     deadline = time.monotonic() + 5
     while ingest.mirror.stale < stale_before + 2:
         assert time.monotonic() < deadline, "the replayed events never reached ingest"
@@ -208,8 +208,7 @@ async def test_duplicated_or_late_events_do_not_roll_a_sensor_back(
 async def test_ingest_started_while_assets_is_down_becomes_ready_once_it_is_up(
     service_runner: Any, database_url: str, tmp_path: Path, http: httpx.AsyncClient, token: str
 ) -> None:
-    port = free_port()
-    ingest = await start_ingest(service_runner, database_url, f"127.0.0.1:{port}")
+    ingest = await start_ingest(service_runner, database_url)
     assert ingest.http is not None and ingest.grpc is not None
     r = await http.get(f"{ingest.http.url}/readyz")
     assert r.status_code == 503
@@ -232,9 +231,9 @@ async def test_ingest_started_while_assets_is_down_becomes_ready_once_it_is_up(
             )
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    assets = await start_assets(service_runner, tmp_path, grpc_port=port)
+    assets = await start_assets(service_runner, tmp_path)
     await register(http, assets, code, sensor_id)
-    # The mirror retries with a capped backoff (15 s at most between tries).
+    # Ingest looks for the census marker with a capped backoff (15 s at most between tries).
     await wait_ready(http, ingest, 30)
     await eventually(http, ingest, sensor_id, "accepted", within=5)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 from nats.aio.msg import Msg
@@ -182,3 +183,27 @@ async def test_bus_started_before_nats_connects_when_it_comes_up(tmp_path) -> No
     finally:
         await b.close()
         server.stop()
+
+
+def test_nats_server_runs_with_a_soft_memory_limit_unless_the_environment_sets_one(tmp_path, monkeypatch) -> None:
+    def goenv(server: NatsServer) -> str | None:
+        assert server.pid is not None
+        env = dict(
+            line.split("=", 1) for line in Path(f"/proc/{server.pid}/environ").read_text().split("\0") if "=" in line
+        )
+        return env.get("GOMEMLIMIT")
+
+    monkeypatch.delenv("GOMEMLIMIT", raising=False)
+    for memory_limit, environment, expected in (
+        ("160MiB", None, "160MiB"),
+        (None, None, None),
+        ("160MiB", "1GiB", "1GiB"),
+    ):
+        if environment is not None:
+            monkeypatch.setenv("GOMEMLIMIT", environment)
+        server = NatsServer(store_dir=tmp_path / f"mem-{memory_limit}-{environment}", memory_limit=memory_limit)
+        server.start()
+        try:
+            assert goenv(server) == expected
+        finally:
+            server.stop()

@@ -3,6 +3,7 @@ process against a real nats-server and the dev OpenID provider."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -15,9 +16,11 @@ import httpx
 import psutil
 import pytest
 
+from lifeline.kit.bus import Bus
 from lifeline.kit.config import Tier
 from lifeline.kit.natsserver import free_port
 from lifeline.kit.runtime import Service
+from lifeline.kit.testing.census import mark_census_complete
 from lifeline.launcher import cli
 from lifeline.launcher.instance import (
     SERVICES,
@@ -206,7 +209,7 @@ _SUPERVISOR_WIRING_AND_SAY_WHAT_IT_IMPORTED = (
     "from lifeline.launcher.instance import Supervisor\n"
     "cli.build_parser().parse_args(['run', '--processes'])\n"
     "sup = Supervisor(cli.instance_settings('city', '340100'), ['assets', 'ingest', 'alerts'])\n"
-    "assert sup.child_env()['LIFELINE_INGEST_ASSETS_GRPC']\n"
+    "assert sup.child_env()['LIFELINE_ASSETS_INGEST_GRPC']\n"
     "heavy = ('sqlalchemy', 'fastapi', 'grpc', 'lifeline.ingest.app', 'lifeline.launcher.census')\n"
     "print(sorted(m for m in heavy if m in sys.modules))\n"
 )
@@ -354,7 +357,7 @@ def test_run_single_process_serves_then_stops_on_sigterm(run_env: dict[str, str]
     proc = _spawn(["run", "--tier", "city", "--region", REGION, "--services", "all"], run_env)
     try:
         body = _wait_ready(_ready_url(run_env), proc)
-        # The registry is ready once ingest found assets (wired by the launcher) and read its sensors.
+        # The registry is ready once ingest read the census assets keeps on the bus.
         assert body["checks"] == {"database": "ok", "bus": "ok", "registry": "ok"}
         # The service's own database lives in the instance's data directory.
         assert (Path(run_env["LIFELINE_DATA_DIR"]) / "ingest.db").is_file()
@@ -390,29 +393,47 @@ def test_a_service_that_cannot_start_stops_the_others_and_the_process_exits(run_
         assert f"service {name} stopped" in out, out[-3000:]
 
 
-def test_ingest_storage_process_loads_neither_grpc_nor_jwcrypto(run_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("registry", ["file", "assets"])
+def test_ingest_storage_process_loads_neither_grpc_nor_jwcrypto(
+    run_env: dict[str, str], tmp_path: Path, registry: str
+) -> None:
     # RSS of ingest's storage process (issue #2): it serves no gRPC and verifies no token, so neither
-    # grpc's core (~9.5 MB) nor jwcrypto with cryptography's native library (~9.7 MB) is loaded —
-    # with a sensors file; following assets it dials gRPC and fetches service tokens.
-    sensors = tmp_path / "sensors.csv"
-    sensors.write_text(
-        "sensor_id,quantity,unit,region,facility_code,interval_s,lat,lon,status\n"
-        f"S-1,gas.ch4,%LEL,{REGION},{REGION}1102000001,60,31.8,117.2,active\n"
-    )
-    env = {**run_env, "LIFELINE_INGEST_ROLES": "storage", "LIFELINE_INGEST_SENSORS_FILE": str(sensors)}
+    # grpc's core (~9.5 MB) nor jwcrypto with cryptography's native library (~9.7 MB) is loaded — with a
+    # sensors file, and following assets too: it reads the census on the bus (no gRPC call to assets, no
+    # service token, so no python-keycloak with requests and its charset_normalizer either).
+    env = {**run_env, "LIFELINE_INGEST_ROLES": "storage"}
+    if registry == "file":
+        sensors = tmp_path / "sensors.csv"
+        sensors.write_text(
+            "sensor_id,quantity,unit,region,facility_code,interval_s,lat,lon,status\n"
+            f"S-1,gas.ch4,%LEL,{REGION},{REGION}1102000001,60,31.8,117.2,active\n"
+        )
+        env["LIFELINE_INGEST_SENSORS_FILE"] = str(sensors)
+    else:
+        asyncio.run(_mark_census_complete(env["LIFELINE_NATS_URL"]))
     proc = _spawn(["run", "--tier", "city", "--region", REGION, "--services", "ingest"], env)
     try:
         body = _wait_ready(_ready_url(env), proc)
         assert body["checks"] == {"database": "ok", "bus": "ok", "registry": "ok"}
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
-        assert "cygrpc" not in maps
-        assert "cryptography" not in maps
+        for library in ("cygrpc", "cryptography", "charset_normalizer"):
+            assert library not in maps, library
         rc, err = _stop(proc)
         assert rc == 0, err[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def _mark_census_complete(nats_url: str) -> None:
+    bus = Bus(nats_url, name="test-census")
+    await bus.start()
+    try:
+        await bus.wait_ready(10)
+        await mark_census_complete(bus, REGION)
+    finally:
+        await bus.close()
 
 
 def test_run_processes_restarts_a_dead_child_and_stops_all_on_sigterm(run_env: dict[str, str]) -> None:

@@ -39,6 +39,7 @@ from lifeline.kit.config import InstanceSettings, Tier
 from lifeline.kit.devidp import DevIdp, DevIdpUnavailable
 from lifeline.kit.natsserver import NatsServer, free_port
 from lifeline.kit.runtime import Service
+from lifeline.kit.tasks import cancel_and_wait
 from lifeline.kit.telemetry import JsonLogFormatter, flush_telemetry, setup_telemetry
 
 from .census import load_census, packaged_dir, read_census
@@ -72,7 +73,7 @@ GAS_LEAK_AT_S = 180.0
 BURST_AT_S = 420.0
 REPLAY_S = 1800.0
 PROGRESS_EVERY_S = 10.0
-# How long ingest may take to learn the census's sensors from assets (a snapshot, then change events).
+# How long ingest may take to learn the census's sensors from the census assets keeps on the bus.
 REGISTRY_WAIT_S = 30.0
 CST = timezone(timedelta(hours=8))
 
@@ -587,9 +588,8 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
                     f"{_reasons(demo.refusals) if demo else ''} · 重试 retries {stats.retries:,}"
                 )
         if alerts_task is not None:
-            alerts_task.cancel()
-            with contextlib.suppress(BaseException):
-                await alerts_task
+            with contextlib.suppress(Exception):
+                await cancel_and_wait(alerts_task)
             assert demo is not None
             events = " · ".join(f"{KIND_NAMES.get(k, k)} {n}" for k, n in demo.alert_events.items()) or "—"
             say(f"预警事件 alert events: {events} | 未关闭 open {demo.open_alerts}")
@@ -671,7 +671,7 @@ async def _ingest_knows(base: str, creds: ClientCredentials, sensors: set[str], 
     known = 0
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:
         while True:
-            # Every sensor its registry holds: none before its first snapshot of assets, then the census's.
+            # Every sensor its registry holds: none before the census on the bus is read, then the census's.
             resp = await http.get(
                 "/v1/sensors/status", params={"limit": 10000}, headers={"Authorization": await creds.authorization()}
             )

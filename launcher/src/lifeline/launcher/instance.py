@@ -55,8 +55,6 @@ SETTINGS: dict[str, str] = {
 # environment of a child process in microservices mode.
 PEERS: dict[str, dict[str, str]] = {
     "assets": {"ingest_grpc": "ingest"},
-    "ingest": {"assets_grpc": "assets"},
-    "alerts": {"assets_grpc": "assets"},
 }
 
 # What each tier runs (DESIGN §1). ``--services all`` means these, of the services that exist.

@@ -304,6 +304,23 @@ class RiskSource(_message.Message):
     updated_ms: int
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., hazard: _Optional[str] = ..., grade: _Optional[_Union[_common_pb2.WarningLevel, str]] = ..., region: _Optional[str] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., facility_codes: _Optional[_Iterable[str]] = ..., controls: _Optional[_Iterable[str]] = ..., rectification: _Optional[_Union[Rectification, _Mapping]] = ..., retired: _Optional[bool] = ..., version: _Optional[int] = ..., updated_ms: _Optional[int] = ...) -> None: ...
 
+class CensusComplete(_message.Message):
+    __slots__ = ("region", "at_ms", "entities")
+    class EntitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    at_ms: int
+    entities: _containers.ScalarMap[str, int]
+    def __init__(self, region: _Optional[str] = ..., at_ms: _Optional[int] = ..., entities: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
 class FacilityChanged(_message.Message):
     __slots__ = ("change", "facility", "actor", "reason")
     CHANGE_FIELD_NUMBER: _ClassVar[int]

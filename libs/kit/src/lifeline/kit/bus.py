@@ -21,9 +21,10 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, PubAck, StorageType, StreamConfig
 from opentelemetry import trace
 
+from lifeline.kit.tasks import cancel_and_wait
 from lifeline.kit.telemetry import consume_span, extract_trace_context, inject_trace_headers, publish_span
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,12 @@ class StreamSpec:
     max_bytes: int
     duplicate_window_s: float = 120.0
     description: str = ""
+    # A stream of latest values (a key-value bucket): this many messages kept per subject, -1 all.
+    max_msgs_per_subject: int = -1
 
     def config(self) -> StreamConfig:
         """The nats-py StreamConfig for this spec (file storage)."""
+        latest_values = self.max_msgs_per_subject > 0
         return StreamConfig(
             name=self.name,
             description=self.description,
@@ -53,6 +57,12 @@ class StreamSpec:
             max_bytes=self.max_bytes,
             duplicate_window=self.duplicate_window_s,
             storage=StorageType.FILE,
+            max_msgs_per_subject=self.max_msgs_per_subject,
+            # A full bucket refuses new values rather than dropping the oldest (an entity nobody changed
+            # lately would silently vanish from it); a bucket is read by the last value of each subject.
+            discard=DiscardPolicy.NEW if latest_values else DiscardPolicy.OLD,
+            allow_direct=latest_values or None,
+            allow_rollup_hdrs=latest_values,
         )
 
 
@@ -88,6 +98,16 @@ STREAMS: tuple[StreamSpec, ...] = (
         max_age_s=30 * DAY,
         max_bytes=128 * MIB,
         description="Poison messages moved aside after too many deliveries: dlq.<stream>.<consumer>",
+    ),
+    StreamSpec(
+        # A JetStream key-value bucket ("census") by its layout, written through assets' outbox
+        # (lifeline.kit.census): the latest state of every entity, kept for good.
+        "KV_census",
+        ("$KV.census.>",),
+        max_age_s=0,
+        max_bytes=256 * MIB,
+        max_msgs_per_subject=1,
+        description="The census: the latest version of each assets entity, $KV.census.<entity>.<region>.<id>",
     ),
 )
 
@@ -217,9 +237,7 @@ class Bus:
     async def close(self) -> None:
         """Drain and close the connection; stop trying to connect."""
         if self._connect_task is not None and not self._connect_task.done():
-            self._connect_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._connect_task
+            await cancel_and_wait(self._connect_task)
         nc, self._nc, self._js = self._nc, None, None
         self._ready.clear()
         if nc is not None and not nc.is_closed:
@@ -242,6 +260,7 @@ async def declare_streams(js: JetStreamContext, specs: Sequence[StreamSpec] = ST
             or current.max_age != cfg.max_age
             or current.max_bytes != cfg.max_bytes
             or current.duplicate_window != cfg.duplicate_window
+            or current.max_msgs_per_subject != cfg.max_msgs_per_subject
         ):
             # Re-adding an existing stream counts its storage reservation twice; update it instead.
             await js.update_stream(cfg)
@@ -277,6 +296,7 @@ class PullConsumer:
         ack_wait: float = 30.0,
         max_ack_pending: int = 20_000,
         linger: float = 0.0,
+        deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
     ) -> None:
         self.bus = bus
         self.stream = stream
@@ -289,6 +309,9 @@ class PullConsumer:
         self.backoff = tuple(backoff)
         self.ack_wait = ack_wait
         self.max_ack_pending = max_ack_pending
+        # Where a new durable starts: every message (ALL), or the last of each subject (LAST_PER_SUBJECT:
+        # a stream of latest values, such as the census, read whole and then followed).
+        self.deliver_policy = deliver_policy
         # Start a batch at most every `linger` seconds, letting messages accumulate in between: one
         # transaction per many messages is far cheaper for a writer than one per message, at the price
         # of up to that much latency. Measured from the previous batch's start, not from the first
@@ -316,7 +339,7 @@ class PullConsumer:
         return ConsumerConfig(
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=self.deliver_policy,
             ack_wait=self.ack_wait,
             max_deliver=self.max_deliver + 2,
             max_ack_pending=self.max_ack_pending,
@@ -336,9 +359,7 @@ class PullConsumer:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await cancel_and_wait(self._task)
 
     async def run(self) -> None:
         """Fetch and handle batches until stop()."""

@@ -27,6 +27,7 @@ from lifeline.kit.db import Database
 from lifeline.kit.http import HttpServer, serve_http
 from lifeline.kit.migrations import migrate
 from lifeline.kit.outbox import OutboxRelay
+from lifeline.kit.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     # gRPC is imported by a service that serves it (start) or dials it: ~9.5 MB of RSS that a process
@@ -109,9 +110,7 @@ class TaskPart(abc.ABC):
 
     async def _cancel_task(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
 
 class Periodic(TaskPart):

@@ -7,18 +7,19 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from nats.js.api import DeliverPolicy
 
 from lifeline.kit.bus import PullConsumer
 from lifeline.kit.catalogue import load_quantities
+from lifeline.kit.census import CENSUS_STREAM
+from lifeline.kit.config import Tier
 from lifeline.kit.grpc import AddServicerFn
 from lifeline.kit.http import create_http_app
-from lifeline.kit.mirror import PeerChannel
 from lifeline.kit.runtime import Periodic, Service
 from lifeline.v1 import alerts_pb2_grpc
 
-from .census import CensusSnapshot
 from .consumers import (
-    ASSETS_SUBJECT,
+    CENSUS_SUBJECT,
     READINGS_SUBJECT,
     STATUS_SUBJECT,
     AssetsHandler,
@@ -43,8 +44,7 @@ class AlertsApp(Service):
     grpc_service_names = ("lifeline.v1.AlertService",)
 
     settings: AlertsSettings
-    snapshot: CensusSnapshot | None = None
-    _assets: PeerChannel | None = None
+    gate: CensusGate
 
     async def setup(self) -> None:
         s = self.settings
@@ -58,22 +58,19 @@ class AlertsApp(Service):
         await self.service.load()
         await self.service.warm_up()
         trimmer = HeapTrimmer()
+        # The census on the bus: a new durable reads the latest version of every entity, then each change.
         census = PullConsumer(
             self.bus,
-            stream="EVENTS",
-            durable=f"alerts-assets-{region}",
-            filter_subject=ASSETS_SUBJECT,
+            stream=CENSUS_STREAM,
+            durable=f"alerts-census-{region}",
+            filter_subject=CENSUS_SUBJECT,
             handler=AssetsHandler(self.service, trimmer),
             batch=256,
             fetch_timeout=0.25,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
         )
-        if s.assets_grpc:
-            # A snapshot from assets beside the events: the stream keeps only the last 30 days of changes.
-            self._assets = PeerChannel(s.assets_grpc, self.instance)
-            self.snapshot = CensusSnapshot(self.service, assets=self._assets, resync_s=s.census_resync_s)
-            self.background.append(self.snapshot)
         # The census first: a sensor's context should be known before its readings are evaluated.
-        gate = CensusGate(census, snapshot=self.snapshot)
+        self.gate = gate = CensusGate(census, bus=self.bus, region=region)
         self.background += [
             trimmer,
             census,
@@ -109,18 +106,14 @@ class AlertsApp(Service):
         self.notify.install(app)
         app.include_router(router)
         app.state.alerts = self.service
-        if self.snapshot is not None:
-            app.state.readiness["census_snapshot"] = self._snapshot_ready
+        if self.instance.tier is Tier.CITY:
+            # The census is kept at the city tier (assets); the tiers above evaluate no readings.
+            app.state.readiness["census"] = self._census_ready
         return app
 
-    async def _snapshot_ready(self) -> bool:
-        """False until a census snapshot from assets is in (alerts runs meanwhile on the copy it has)."""
-        return self.snapshot is not None and self.snapshot.ready
-
-    async def stop(self) -> None:
-        await super().stop()
-        if self._assets is not None:
-            await self._assets.close()
+    async def _census_ready(self) -> bool:
+        """False until the complete census was read (alerts evaluates meanwhile with the copy it has)."""
+        return self.gate.complete
 
     def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
         return ((alerts_pb2_grpc.add_AlertServiceServicer_to_server, self.notify.servicer(self.service)),)

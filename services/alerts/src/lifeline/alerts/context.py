@@ -42,8 +42,8 @@ def entity_doc(entity: str, payload: bytes) -> tuple[str, int, dict[str, Any]] |
     return message_doc(entity, getattr(event, field), assets_pb2.ChangeKind.Name(event.change))
 
 
-def message_doc(entity: str, message: Any, change: str = "snapshot") -> tuple[str, int, dict[str, Any]]:
-    """(key, version, document) of an assets entity, from an event or from a snapshot (list call)."""
+def message_doc(entity: str, message: Any, change: str) -> tuple[str, int, dict[str, Any]]:
+    """(key, version, document) of an assets entity (the message in its change event)."""
     key = ENTITIES[entity][2]
     doc = json_format.MessageToDict(message, preserving_proto_field_name=True)
     doc["change"] = change.removeprefix("CHANGE_KIND_").lower()

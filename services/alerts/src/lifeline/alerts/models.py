@@ -4,7 +4,7 @@
 windows); ``alerts`` the alerts with their workflow position and next time limit (``due_ms``, polled by
 the timer); ``alert_history`` every change of an alert; ``alert_suppressions`` the silences and
 inhibiting alerts holding an alert suppressed; ``ctx_*`` alerts' own copy of the census it needs
-(assets' facilities, sensors, units, links and risk sources: events plus snapshots);
+(assets' facilities, sensors, units, links and risk sources, from the census on the bus);
 ``baseline_hours`` the hourly means behind rolling baselines.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, case, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,7 +68,7 @@ async def upsert_ctx(*, session: Tx, entity: str, rows: Sequence[tuple[str, int,
 
     def build(conn: Any) -> Any:
         ins = _upsert(conn, table)
-        # Conditional in the statement: the snapshot and the events consumer may write the same entity at once.
+        # Conditional in the statement: replicas sharing the census consumer may write the same entity at once.
         return ins.on_conflict_do_update(
             index_elements=[key_col],
             set_={"version": ins.excluded.version, "doc": ins.excluded.doc},
@@ -131,17 +131,33 @@ async def get_alert(*, session: Tx, alert_id: str) -> Row[Any] | None:
     return (await (await _conn(session)).execute(select(m.alerts).where(m.alerts.c.id == alert_id))).first()
 
 
-async def open_incident(*, session: Tx, facility_code: str) -> str | None:
-    """The incident of an open alert on the facility, if any."""
+def _insert_alert_statement() -> Any:
     c = m.alerts.c
-    stmt = select(c.incident_id).where(c.facility_code == facility_code, c.is_open).limit(1)
-    return (await (await _conn(session)).execute(stmt)).scalar()
+    # The incident of an open alert on the same facility, else a new one: looked up by the INSERT itself
+    # (on PostgreSQL a round trip less for every alert raised) and returned.
+    open_incident = (
+        select(c.incident_id).where(c.facility_code == bindparam("of_facility"), c.is_open).limit(1).scalar_subquery()
+    )
+    return (
+        insert(m.alerts)
+        .values(incident_id=func.coalesce(open_incident, bindparam("new_incident")))
+        .returning(c.incident_id)
+    )
 
 
-async def insert_alert(*, session: Tx, values: dict[str, Any]) -> None:
+_INSERT_ALERT = _insert_alert_statement()
+
+
+async def insert_alert(*, session: Tx, values: dict[str, Any]) -> str:
+    """Insert a new alert, grouped with the open alerts of its facility: returns its incident id.
+
+    ``values["incident_id"]`` is the incident to open when the facility has no open alert."""
     # Values as parameters, not in the statement: the statement stays one cached compilation, whereas
     # .values(**values) builds (and cache-keys) a new statement of 30-odd bound literals every time.
-    await (await _conn(session)).execute(insert(m.alerts), values)
+    params = {k: v for k, v in values.items() if k != "incident_id"}
+    params.update(of_facility=values["facility_code"], new_incident=values["incident_id"])
+    incident: str = (await (await _conn(session)).execute(_INSERT_ALERT, params)).scalar_one()
+    return incident
 
 
 async def update_alert(

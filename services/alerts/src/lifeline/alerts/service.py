@@ -41,7 +41,7 @@ from lifeline.kit.readings import iter_readings
 from lifeline.v1 import common_pb2, telemetry_pb2
 
 from . import repository
-from .context import entity_doc, facility_context, is_retired, message_doc, sensor_context
+from .context import entity_doc, facility_context, is_retired, sensor_context
 from .engine import SEVERITY, Change, ChangeKind, Condition, Engine, HourlyHistory, RuleSpec, RuleState, SensorContext
 from .messages import alert_event
 from .network import Network, Risk, RiskRegister, points, raised_by_one
@@ -163,7 +163,7 @@ class AlertsService:
         self.network = Network()
         self._facility_points: dict[str, tuple[tuple[float, float], ...]] = {}
         self.risks = RiskRegister()
-        # Versions of the census entities held, by entity then key, so a snapshot's unchanged items cost no
+        # Versions of the census entities held, by entity then key, so a census entry read again costs no
         # database round trip. (Keyed by (entity, key) tuples it took 0.7 MB more for 12,500 entities.)
         self.census_versions: dict[str, dict[str, int]] = {entity: {} for entity in repository.CTX}
         self._silences: list[dict[str, Any]] = []
@@ -218,7 +218,7 @@ class AlertsService:
     # --- census --------------------------------------------------------------------------------------
 
     async def apply_assets(self, items: Iterable[tuple[str, bytes]]) -> int:
-        """Keep assets' change events ((entity, payload) pairs); older or repeated versions change nothing."""
+        """Keep census entries ((entity, change event) pairs); older or repeated versions change nothing."""
         docs = []
         for entity, payload in items:
             parsed = entity_doc(entity, payload)
@@ -226,14 +226,10 @@ class AlertsService:
                 docs.append((entity, *parsed))
         return await self._keep(docs)
 
-    async def apply_snapshot(self, entity: str, messages: Iterable[Any]) -> int:
-        """Keep entities read from assets' list calls (a snapshot); only newer versions than held count."""
-        return await self._keep([(entity, *message_doc(entity, msg)) for msg in messages])
-
     async def _keep(self, docs: list[tuple[str, str, int, dict[str, Any]]]) -> int:
         """Store the newer versions, then apply them in memory; returns how many were newer.
 
-        A whole batch (or snapshot chunk) is one transaction of a few multi-row upserts: per-row statements
+        A whole batch is one transaction of a few multi-row upserts: per-row statements
         made a first start's census (12,500 events) take longer than the readings consumer waits for it."""
         async with self._engine_batch:
             return await self._keep_batch(docs)
@@ -265,7 +261,7 @@ class AlertsService:
         for entity, key, version, doc in kept:
             held = self.census_versions[entity]
             if version < held.get(key, -1):
-                continue  # a newer version came in meanwhile (snapshot and events run side by side)
+                continue  # a newer version came in meanwhile (another replica's consumer, or a re-read census)
             held[key] = version
             self._hold(entity, doc, rebind=False)
             facilities |= entity == "facility"
@@ -569,7 +565,6 @@ class AlertsService:
     async def _raise(self, session: Any, ch: Change, now: int) -> str:
         sensor = ch.sensor
         facility = self.engine.facilities.get(sensor.facility_code)
-        incident = await repository.open_incident(session=session, facility_code=sensor.facility_code)
         alert_id = str(uuid.uuid4())
         # Raised at once at the level a risk source near the facility gives it (the rule's plus one): a
         # `raised` event at the rule's level and a `level_changed` after it would let a subscriber that
@@ -592,7 +587,8 @@ class AlertsService:
             "state": str(State.RAISED),
             "resume_state": None,
             "condition": "active",
-            "incident_id": incident or str(uuid.uuid4()),
+            # A new incident, unless the facility has an open alert (insert_alert groups it with that one).
+            "incident_id": str(uuid.uuid4()),
             "unit_id": None,
             "measure": cond.measure if cond else ch.rule.kind,
             "first_value": _num(ch.value),
@@ -616,7 +612,7 @@ class AlertsService:
         # Silences and inhibition mark it from the start, so its `raised` event already says suppressed.
         marks = await self._wanted_marks(session, values, now)
         values.update(_mark_summary(marks))
-        await repository.insert_alert(session=session, values=values)
+        values["incident_id"] = await repository.insert_alert(session=session, values=values)
         await repository.add_suppressions(
             session=session,
             rows=[

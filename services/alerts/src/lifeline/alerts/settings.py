@@ -27,7 +27,3 @@ class AlertsSettings(ServiceSettings):
     consumer_linger_s: float = 0.0
     # How often the workflow's time limits (and silences starting or ending) are checked.
     timer_interval_s: float = 5.0
-    # gRPC address of the instance's assets service, for the census snapshot at start and every
-    # census_resync_s (the launcher sets it when assets runs in the instance); empty: events only.
-    assets_grpc: str = ""
-    census_resync_s: float = 600.0

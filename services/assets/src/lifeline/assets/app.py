@@ -15,6 +15,7 @@ from lifeline.kit.runtime import Service
 from lifeline.v1 import assets_pb2_grpc
 
 from .bulk.endpoints import router as bulk_router
+from .census import CensusKeeper
 from .coverage.endpoints import router as coverage_router
 from .coverage.service import coverage_service
 from .endpoints import router
@@ -39,6 +40,11 @@ class AssetsApp(Service):
             region=self.instance.region, catalogue=load_quantities(self.settings.quantities_file), db=self.db
         )
         self.coverage = coverage_service(self)
+        # The census on the bus, whole: what ingest and alerts read their copies from.
+        self.census = CensusKeeper(
+            bus=self.bus, db=self.db, region=self.instance.region, interval_s=self.settings.census_check_s
+        )
+        self.background.append(self.census)
 
     def create_app(self) -> FastAPI:
         app = create_http_app(title="Lifeline assets", version="0.1.0")

@@ -34,7 +34,8 @@ from lifeline.kit.outbox import enqueue
 from lifeline.kit.problems import ProblemError
 
 from . import repository
-from .messages import change_event, positions, sensor_spec
+from .census import change_events
+from .messages import positions, sensor_spec
 from .spatial.index import index_entity
 
 WRITER_ROLES = ("admin", "operator", "service")
@@ -303,12 +304,8 @@ class AssetsService:
             code = "assets.duplicate" if before is None else "assets.conflict"
             raise ProblemError(409, detail=code, params={"entity": entity, "id": key}) from exc
         await index_entity(session=session, entity=entity, doc=after)
-        enqueue(
-            session,
-            subject=f"events.assets.{entity}.{after['region']}",
-            payload=change_event(entity, change, after, principal.subject, reason),
-            event_id=f"{entity}:{key}:{after['version']}",
-        )
+        for subject, payload, event_id in change_events(entity, key, change, after, principal.subject, reason):
+            enqueue(session, subject=subject, payload=payload, event_id=event_id)
         audit(
             principal=principal,
             action=f"{entity}.{change.removesuffix('d')}",

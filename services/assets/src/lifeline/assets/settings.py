@@ -21,3 +21,6 @@ class AssetsSettings(ServiceSettings):
     max_page: int = 1000
     # The instance's ingest gRPC address (its default port), asked when each sensor last reported (coverage).
     ingest_grpc: str = "127.0.0.1:9101"
+    # How often the assets service checks that the census on the bus is marked complete (and writes it
+    # whole when it is not, e.g. after nats-server lost its store).
+    census_check_s: float = 60.0

@@ -11,7 +11,6 @@ from fastapi import FastAPI
 from lifeline.kit.bus import PullConsumer
 from lifeline.kit.catalogue import load_quantities
 from lifeline.kit.http import add_fast_route, create_http_app
-from lifeline.kit.mirror import PeerChannel
 from lifeline.kit.runtime import Periodic, Service, freeze_heap
 
 from .consumers import MqttHandler, PersistHandler, mqtt_topic_subject
@@ -37,7 +36,6 @@ class IngestApp(Service):
     grpc_service_names = ("lifeline.v1.TelemetryIngest", "lifeline.v1.TelemetryQuery")
 
     settings: IngestSettings
-    _assets: PeerChannel | None = None
 
     async def setup(self) -> None:
         s = self.settings
@@ -86,17 +84,10 @@ class IngestApp(Service):
             )
 
     def _follow_assets(self, region: str) -> None:
-        # Every ingest process (front and storage alike) keeps its own registry, hence its own mirror.
-        s, i = self.settings, self.instance
-        self._assets = PeerChannel(s.assets_grpc, i)
+        # Every ingest process (front and storage alike) keeps its own registry, hence its own copy.
+        s = self.settings
         self.registry = SensorRegistry(load_quantities(s.quantities_file), ready=lambda: self.mirror.ready)
-        self.mirror = follow_assets(
-            self.registry,
-            bus=self.bus,
-            region=region,
-            assets=self._assets,
-            resync_s=s.registry_resync_s,
-        )
+        self.mirror = follow_assets(self.registry, bus=self.bus, region=region)
         self.background.append(self.mirror)
 
     def _setup_storage(self, region: str) -> None:
@@ -134,11 +125,6 @@ class IngestApp(Service):
 
     async def _registry_ready(self) -> bool:
         return self.registry.ready
-
-    async def stop(self) -> None:
-        await super().stop()
-        if self._assets is not None:
-            await self._assets.close()
 
     def grpc_servicers(self) -> Sequence[tuple[AddServicerFn, Any]]:
         if not self.settings.has_role("front"):

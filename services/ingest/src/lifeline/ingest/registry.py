@@ -1,14 +1,14 @@
 """The sensor registry ingest validates against, and where it comes from.
 
-Two sources (setting ``registry``): the instance's assets service, which holds the census — a snapshot
-over gRPC ``AssetRegistry.ListSensors`` plus its ``SensorChanged`` events, newest version wins
-(:func:`follow_assets`, a :class:`lifeline.kit.mirror.Mirror`) — or a catalogue CSV file (tests, the
-bench, an instance without assets). Either way the registry gets SensorSpec values through ``apply``.
+Two sources (setting ``registry``): the instance's assets service, whose census is on the bus — the
+latest ``SensorChanged`` of every sensor, then each new one, newest version wins (:func:`follow_assets`,
+a :class:`lifeline.kit.census.CensusFollower`) — or a catalogue CSV file (tests, the bench, an instance
+without assets). Either way the registry gets SensorSpec values through ``apply``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +21,10 @@ from lifeline.kit.catalogue import (
     load_quantities,
     region_contains,
 )
-from lifeline.kit.mirror import Mirror, PeerChannel, grpc_pages
+from lifeline.kit.census import CensusFollower
 from lifeline.v1 import assets_pb2
 
 SENSOR_STATUS = {assets_pb2.ASSET_SENSOR_STATUS_ACTIVE: "active", assets_pb2.ASSET_SENSOR_STATUS_RETIRED: "retired"}
-# Largest page the assets service serves (its max_page); fewer round trips for a big census.
-SNAPSHOT_PAGE = 1000
 
 
 class RegistryNotReady(Exception):
@@ -76,7 +74,7 @@ class SensorRegistry:
         self._sensors: dict[str, RegisteredSensor] = {}
         # The sensor of an id, or None: the dict's own get (a method in between cost a call per reading).
         self.get: Callable[[str], RegisteredSensor | None] = self._sensors.get
-        # False until the source has delivered the whole registry once (assets: the first snapshot).
+        # False until the source has delivered the whole registry once (assets: the census marked complete).
         self._ready = ready
 
     @property
@@ -126,39 +124,20 @@ def spec_from_proto(sensor: assets_pb2.AssetSensor) -> SensorSpec:
     )
 
 
-def follow_assets(
-    registry: SensorRegistry,
-    *,
-    bus: Bus,
-    region: str,
-    assets: PeerChannel,
-    resync_s: float,
-) -> Mirror[assets_pb2.AssetSensor]:
-    """A mirror keeping ``registry`` equal to the sensors of ``region`` in the assets service."""
-    from lifeline.v1 import assets_pb2_grpc  # imports grpc: only where the registry follows assets
-
-    stub = assets_pb2_grpc.AssetRegistryStub(assets.channel)
+def follow_assets(registry: SensorRegistry, *, bus: Bus, region: str) -> CensusFollower[assets_pb2.AssetSensor]:
+    """A copy keeping ``registry`` equal to the sensors of ``region`` in the census on the bus."""
 
     def decode(data: bytes) -> assets_pb2.AssetSensor | None:
         sensor = assets_pb2.SensorChanged.FromString(data).sensor
         return sensor if region_contains(region, sensor.region) else None
 
-    async def snapshot() -> AsyncIterator[assets_pb2.AssetSensor]:
-        # Region-scoped by the service token's region claim; the filter keeps out a wider token's extras.
-        request = assets_pb2.ListSensorsRequest(limit=SNAPSHOT_PAGE)
-        async for sensor in grpc_pages(stub.ListSensors, request, items="sensors", credentials=assets.credentials):
-            if region_contains(region, sensor.region):
-                yield sensor
-
-    return Mirror(
+    return CensusFollower(
         bus,
         name=f"ingest-sensors-{region}",
-        # Assets publishes on events.assets.sensor.<the sensor's region> (a district of the city).
-        subject="events.assets.sensor.*",
+        entity="sensor",
+        region=region,
         decode=decode,
-        snapshot=snapshot,
         key=lambda sensor: sensor.sensor_id,
         version=lambda sensor: sensor.version,
         apply=lambda sensor: registry.apply([spec_from_proto(sensor)]),
-        resync_s=resync_s,
     )

@@ -20,15 +20,11 @@ class IngestSettings(ServiceSettings):
     roles: str = "front,storage"
     http_port: int = 8101
     grpc_port: int = 9101
-    # Where the sensor registry comes from: "assets" (the instance's assets service: a snapshot over gRPC,
-    # then its change events) or "file" (`sensors_file`). Unset: "file" if a sensors file is given, else
-    # "assets" — a city instance runs assets, so that is the default there.
+    # Where the sensor registry comes from: "assets" (the census the instance's assets service keeps on
+    # the bus) or "file" (`sensors_file`). Unset: "file" if a sensors file is given, else "assets" — a
+    # city instance runs assets, so that is the default there.
     registry: Literal["assets", "file"] | None = None
     sensors_file: Path | None = None
-    # The assets service's gRPC address (its default port); the launcher sets it when it runs assets.
-    assets_grpc: str = "127.0.0.1:9102"
-    # A fresh snapshot this often, as a safety net beside the change events.
-    registry_resync_s: float = 600.0
     quantities_file: Path | None = None
     max_batch: int = 5000
     max_body_bytes: int = 4 * 1024 * 1024

@@ -25,7 +25,7 @@ from lifeline.kit.outbox import enqueue_many
 from lifeline.kit.problems import FieldError, ProblemError, validation_field_errors
 
 from .. import service as assets_service
-from ..messages import change_event
+from ..census import change_events
 from ..schemas import (
     ActiveStatus,
     FacilityCreate,
@@ -422,13 +422,7 @@ async def record_batch(
                 "after": after,
             }
         )
-        events.append(
-            (
-                f"events.assets.{entity}.{after['region']}",
-                change_event(entity, change, after, principal.subject, reason),
-                f"{entity}:{after[key]}:{after['version']}",
-            )
-        )
+        events += change_events(entity, after[key], change, after, principal.subject, reason)
     await repository.insert_current_many(session=session, entity=entity, rows=created)
     await repository.update_current_many(session=session, entity=entity, rows=updated)
     await repository.insert_history_many(session=session, rows=history)

@@ -19,7 +19,7 @@ from lifeline.kit.api import require_any_role, scope_prefix
 from lifeline.kit.auth import Principal
 from lifeline.kit.catalogue import Domain
 from lifeline.kit.db import Database
-from lifeline.kit.mirror import PeerChannel
+from lifeline.kit.peer import PeerChannel
 from lifeline.kit.problems import ProblemError
 from lifeline.kit.runtime import Service
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import grpc.aio
 
 from lifeline.kit.auth import TokenRequestError
-from lifeline.kit.mirror import PeerChannel, grpc_pages
+from lifeline.kit.peer import PeerChannel, grpc_pages
 from lifeline.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 

@@ -1,13 +1,14 @@
-"""The census snapshot: a fresh alerts fills its copy of assets through AssetRegistry's list calls, even
-when the change events are no longer on the EVENTS stream; snapshot and events interleave (newest version
-wins); with assets unreachable alerts keeps running on what it has and /readyz says so.
+"""Alerts' copy of the census comes from the census on the bus (KV_census), which assets keeps whole.
+
+A fresh alerts fills its copy from the bus alone — with assets' change events gone from EVENTS and assets
+itself stopped; later changes follow, newest version wins, also across a restart; without a census
+marked complete /readyz says so (alerts keeps what entries come meanwhile).
 
 Assets runs for real beside alerts (its own SQLite file); alerts' database is SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from pathlib import Path
 from typing import Any
@@ -20,18 +21,11 @@ from lifeline.alerts.service import AlertsService
 from lifeline.alerts.settings import AlertsSettings
 from lifeline.assets.app import AssetsApp
 from lifeline.assets.settings import AssetsSettings
-from lifeline.kit.natsserver import free_port
+from lifeline.kit.census import census_complete
+from lifeline.kit.testing.census import mark_census_complete
 from lifeline.v1 import assets_pb2
 
 from .helpers import REGION, census_payloads, fresh_ids, publish_census, wait_until
-
-
-@pytest.fixture(autouse=True)
-async def service_account(oidc_provider: Any) -> None:
-    """The instance's service client (InstanceSettings defaults), which alerts uses to read assets."""
-    await oidc_provider.register_client(
-        "lifeline-services", roles=["service"], region="340100", client_secret="dev-secret"
-    )
 
 
 @pytest.fixture
@@ -40,10 +34,8 @@ async def http(token_factory: Any) -> Any:
         yield c
 
 
-async def start_alerts(service_runner: Any, database_url: str, assets_grpc: str) -> AlertsApp:
-    settings = AlertsSettings(
-        database_url=database_url, http_port=0, grpc_port=0, timer_interval_s=3600, assets_grpc=assets_grpc
-    )
+async def start_alerts(service_runner: Any, database_url: str) -> AlertsApp:
+    settings = AlertsSettings(database_url=database_url, http_port=0, grpc_port=0, timer_interval_s=3600)
     app: AlertsApp = await service_runner(AlertsApp, settings)
     return app
 
@@ -95,18 +87,6 @@ async def register_census(http: httpx.AsyncClient, assets: AssetsApp) -> dict[st
     return ids
 
 
-async def purge_census_events(assets: AssetsApp, risk_id: str) -> None:
-    """Wait until assets' outbox published the census, then drop it from EVENTS (as after 30 days)."""
-    js = assets.bus.js
-    for _ in range(200):
-        try:
-            await js.get_last_msg("EVENTS", f"events.assets.risk.{REGION}")
-            break
-        except Exception:
-            await asyncio.sleep(0.05)
-    await js.purge_stream("EVENTS", subject="events.assets.>")
-
-
 def held(service: AlertsService, ids: dict[str, str]) -> bool:
     return (
         ids["sensor"] in service.engine.sensors
@@ -118,20 +98,30 @@ def held(service: AlertsService, ids: dict[str, str]) -> bool:
     )
 
 
-async def test_a_fresh_alerts_fills_its_copy_from_a_running_assets(
+async def test_a_fresh_alerts_fills_its_copy_from_the_bus_with_assets_stopped(
     service_runner: Any, database_url: str, tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
-    assets: AssetsApp = await service_runner(
-        AssetsApp,
-        AssetsSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'assets.db'}", http_port=0, grpc_port=0),
+    assets_settings = AssetsSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'assets.db'}", http_port=0, grpc_port=0
     )
+    assets: AssetsApp = await service_runner(AssetsApp, assets_settings)
     ids = await register_census(http, assets)
-    await purge_census_events(assets, ids["risk"])
-    assert assets.grpc is not None
-    alerts = await start_alerts(service_runner, database_url, assets.grpc.address)
+
+    async def on_the_bus() -> bool:
+        # The keeper marked the census complete at start; the entries written since follow it.
+        if not await census_complete(assets.bus, "340100"):
+            return False
+        info = await assets.bus.js.stream_info("KV_census", subjects_filter=f"$KV.census.risk.{REGION}.>")
+        return bool(info.state.subjects)
+
+    await wait_until(on_the_bus)
+    # The change events are gone from EVENTS (as after 30 days) and assets is down: the census is not.
+    await assets.bus.js.purge_stream("EVENTS", subject="events.assets.>")
+    await assets.stop()
+    alerts = await start_alerts(service_runner, database_url)
 
     async def filled() -> bool:
-        return alerts.snapshot is not None and alerts.snapshot.ready
+        return alerts.gate.complete
 
     await wait_until(filled)
     svc = alerts.service
@@ -141,61 +131,58 @@ async def test_a_fresh_alerts_fills_its_copy_from_a_running_assets(
     assert alerts.http is not None
     r = await http.get(f"{alerts.http.url}/readyz")
     assert r.status_code == 200, r.text
-    # Changes after the snapshot still arrive as events; a later snapshot does not roll them back.
-    r = await http.post(f"{assets.http.url}/v1/links/{ids['link']}/retire", json={"reason": "改线"})  # type: ignore[union-attr]
+
+    # Assets back (the same database): a change reaches alerts through the census.
+    assets = await service_runner(AssetsApp, assets_settings, reset=False)
+    assert assets.http is not None
+    r = await http.post(f"{assets.http.url}/v1/links/{ids['link']}/retire", json={"reason": "改线"})
     assert r.status_code == 200, r.text
 
     async def retired() -> bool:
         return ids["link"] not in svc.network.links
 
     await wait_until(retired)
-    assert alerts.snapshot is not None
-    assert await alerts.snapshot.read() == 0  # nothing newer than what the events brought
-    assert ids["link"] not in svc.network.links
 
 
-async def test_snapshot_and_events_interleave_newest_version_wins(service: AlertsService) -> None:
+async def test_census_entries_newest_version_wins_also_after_a_restart(service: AlertsService) -> None:
     code, serial = fresh_ids()
     sid = f"CH4-{serial}"
     await service.apply_assets(census_payloads(code, {sid: "gas.ch4"}, unit_id="unit-v1"))
 
-    def facility(unit_id: str, version: int) -> assets_pb2.Facility:
+    def facility(unit_id: str, version: int) -> tuple[str, bytes]:
         kind = assets_pb2.FACILITY_KIND_GAS
-        return assets_pb2.Facility(code=code, kind=kind, region=REGION, unit_id=unit_id, version=version)
+        fac = assets_pb2.Facility(code=code, kind=kind, region=REGION, unit_id=unit_id, version=version)
+        return "facility", assets_pb2.FacilityChanged(change=2, facility=fac).SerializeToString()
 
-    newer = facility("unit-v3", 3)
-    await service.apply_assets([("facility", assets_pb2.FacilityChanged(change=2, facility=newer).SerializeToString())])
-    older = facility("unit-v2", 2)
-    assert await service.apply_snapshot("facility", [older]) == 0
+    assert await service.apply_assets([facility("unit-v3", 3)]) == 1
+    assert await service.apply_assets([facility("unit-v2", 2)]) == 0
     assert service.engine.facilities[code].unit_id == "unit-v3"
-    newest = assets_pb2.Facility(
-        code=code, kind=assets_pb2.FACILITY_KIND_GAS, region=REGION, unit_id="unit-v4", version=4
-    )
-    assert await service.apply_snapshot("facility", [newest]) == 1
-    assert service.engine.facilities[code].unit_id == "unit-v4"
-    # After a restart the versions held come from the database: the old snapshot item still loses.
+    # After a restart the versions held come from the database: an older entry (a durable read anew)
+    # still loses.
     again = AlertsService(
         region="340100", catalogue=service.catalogue, policy=service.policy, db=service.db, clock=service.clock
     )
     await again.load()
-    assert await again.apply_snapshot("facility", [older]) == 0
-    assert again.engine.facilities[code].unit_id == "unit-v4"
+    assert await again.apply_assets([facility("unit-v2", 2)]) == 0
+    assert again.engine.facilities[code].unit_id == "unit-v3"
 
 
-async def test_with_assets_unreachable_alerts_runs_on_events_and_readyz_says_so(
+async def test_without_a_complete_census_readyz_says_so_until_assets_marks_it(
     service_runner: Any, database_url: str
 ) -> None:
-    alerts = await start_alerts(service_runner, database_url, f"127.0.0.1:{free_port()}")
+    alerts = await start_alerts(service_runner, database_url)
     assert alerts.http is not None
-    async with httpx.AsyncClient(timeout=30) as c:
-        r = await c.get(f"{alerts.http.url}/readyz")
-    assert r.status_code == 503 and "census_snapshot" in r.json()["failing"]
-    # The census events still reach it.
+    # Entries reach it all the same ...
     code, serial = fresh_ids()
     await publish_census(alerts, code, {f"CH4-{serial}": "gas.ch4"})
+    async with httpx.AsyncClient(timeout=30) as c:
+        r = await c.get(f"{alerts.http.url}/readyz")
+        assert r.status_code == 503 and "census" in r.json()["failing"]
+        assert not alerts.gate.complete
+        # ... and once assets marks the census complete, alerts is ready.
+        await mark_census_complete(alerts.bus)
 
-    async def failed_once() -> bool:
-        return alerts.snapshot is not None and alerts.snapshot.last_error is not None
+        async def ready() -> bool:
+            return (await c.get(f"{alerts.http.url}/readyz")).status_code == 200
 
-    await wait_until(failed_once)
-    assert alerts.snapshot is not None and not alerts.snapshot.ready
+        await wait_until(ready, timeout=15)
