@@ -375,7 +375,7 @@ class PullConsumer:
                         config=self.consumer_config(),
                     )
                 try:
-                    msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
+                    msgs = await self._fetch(sub)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 if self.linger and 0 < len(msgs) < self.batch:
@@ -394,6 +394,27 @@ class PullConsumer:
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        # The first message alone, then what the stream already holds behind it. A pull request may
+        # outlive the fetch that sent it (the client stopped waiting as the server's expiry, counted
+        # from arrival, ran a little longer; or nats-py's fallback pull after a stray status), and the
+        # server serves the oldest request first: the next message then reaches the inbox through
+        # that one while the waiting fetch's own request stays open, so a fetch of a batch returned
+        # it only at its timeout — and, ending at its timeout, left its own request behind for the next
+        # fetch. Alerts on PostgreSQL fell into that cycle for seconds at a time: each lone reading
+        # waited out the rest of the 0.25 s pull (~150 ms instead of ~5). A fetch of one message ends
+        # with the first message, whichever request brought it.
+        msgs = await sub.fetch(1, timeout=self.fetch_timeout)
+        behind = msgs[-1].metadata.num_pending or 0
+        if self.batch > 1 and behind > 0:
+            # Messages known to be there: the server sends them at once and ends the pull with a
+            # status; the timeout matters only if a replica sharing the durable took them first.
+            try:
+                msgs += await sub.fetch(min(self.batch - 1, behind), timeout=FILL_FETCH_TIMEOUT_S)
+            except (nats.errors.TimeoutError, TimeoutError):
+                pass
+        return msgs
 
     async def _fill(self, sub: JetStreamContext.PullSubscription, room: int) -> list[Msg]:
         # Let the stream collect what arrives until the linger is over, then take it with one pull
