@@ -134,7 +134,7 @@ async def test_a_lone_message_is_handed_over_without_waiting_out_the_pull(bus: B
         await asyncio.sleep(0.3)  # the pull is waiting
         for i in range(3):
             await bus.publish(subject, str(i).encode(), msg_id=f"{subject}-{i}")
-            await wait_for(lambda: len(got) == i + 1, timeout=1.5)
+            await wait_for(lambda n=i + 1: len(got) == n, timeout=1.5)
             await asyncio.sleep(0.2)
     finally:
         await consumer.stop()
@@ -173,7 +173,7 @@ async def test_a_message_is_handed_over_at_once_when_an_older_pull_request_broug
         await asyncio.sleep(0.2)
         for i in range(3):
             await bus.publish(subject, str(i).encode(), msg_id=f"{subject}-{i}")
-            await wait_for(lambda: len(got) == i + 1, timeout=1.5)
+            await wait_for(lambda n=i + 1: len(got) == n, timeout=1.5)
             await asyncio.sleep(0.2)
     finally:
         await consumer.stop()
