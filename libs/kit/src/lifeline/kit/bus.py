@@ -322,6 +322,7 @@ class PullConsumer:
         self._last_batch_at = -math.inf
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._behind = 0  # messages waiting behind the last one fetched
         self.processed = 0
         self.dead_lettered = 0
 
@@ -405,15 +406,22 @@ class PullConsumer:
         # fetch. Alerts on PostgreSQL fell into that cycle for seconds at a time: each lone reading
         # waited out the rest of the 0.25 s pull (~150 ms instead of ~5). A fetch of one message ends
         # with the first message, whichever request brought it.
-        msgs = await sub.fetch(1, timeout=self.fetch_timeout)
-        behind = msgs[-1].metadata.num_pending or 0
-        if self.batch > 1 and behind > 0:
-            # Messages known to be there: the server sends them at once and ends the pull with a
-            # status; the timeout matters only if a replica sharing the durable took them first.
-            try:
-                msgs += await sub.fetch(min(self.batch - 1, behind), timeout=FILL_FETCH_TIMEOUT_S)
-            except (nats.errors.TimeoutError, TimeoutError):
-                pass
+        # While a backlog lasts (a full batch known to be waiting behind the last message) one pull of a
+        # whole batch is enough: it ends as soon as it is full.
+        backlog, self._behind = self._behind >= self.batch, 0
+        if backlog:
+            msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
+        else:
+            msgs = await sub.fetch(1, timeout=self.fetch_timeout)
+            behind = msgs[-1].metadata.num_pending or 0
+            if self.batch > 1 and behind > 0:
+                # Messages known to be there: the server sends them at once and ends the pull with a
+                # status; the timeout matters only if a replica sharing the durable took them first.
+                try:
+                    msgs += await sub.fetch(min(self.batch - 1, behind), timeout=FILL_FETCH_TIMEOUT_S)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    pass
+        self._behind = msgs[-1].metadata.num_pending or 0
         return msgs
 
     async def _fill(self, sub: JetStreamContext.PullSubscription, room: int) -> list[Msg]:
