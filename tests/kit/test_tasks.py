@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from lifeline.kit.runtime import TaskPart
-from lifeline.kit.tasks import cancel_and_wait
+from lifeline.kit.tasks import cancel_and_wait, raise_if_cancelled
 
 
 class Stubborn(TaskPart):
@@ -54,3 +54,27 @@ async def test_cancel_and_wait_on_a_task_that_ended_with_an_error_raises_it() ->
         assert str(exc) == "boom"
     else:
         raise AssertionError("the task's error was swallowed")
+
+
+async def test_a_loop_that_checks_ends_with_one_cancel_though_it_was_lost() -> None:
+    # What asyncio.run does at exit (and a test loop's teardown): one cancel() per task, then wait.
+    rounds = 0
+
+    async def loop() -> None:
+        nonlocal rounds
+        while True:
+            raise_if_cancelled()
+            rounds += 1
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass  # lost, as in Python 3.11's asyncio.wait_for
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert task in done and task.cancelled()
+    ended_at = rounds
+    await asyncio.sleep(0.05)
+    assert rounds == ended_at

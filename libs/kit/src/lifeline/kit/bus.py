@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, PubAck, StorageType, StreamConfig
 from opentelemetry import trace
 
-from lifeline.kit.tasks import cancel_and_wait
+from lifeline.kit.tasks import cancel_and_wait, raise_if_cancelled
 from lifeline.kit.telemetry import consume_span, extract_trace_context, inject_trace_headers, publish_span
 
 log = logging.getLogger(__name__)
@@ -366,6 +366,7 @@ class PullConsumer:
         """Fetch and handle batches until stop()."""
         sub: JetStreamContext.PullSubscription | None = None
         while not self._stopping.is_set():
+            raise_if_cancelled()
             try:
                 if sub is None:
                     await self.bus.wait_ready(timeout=3600)

@@ -30,6 +30,7 @@ from nats.js.api import DeliverPolicy
 
 from lifeline.kit.bus import Bus
 from lifeline.kit.runtime import TaskPart
+from lifeline.kit.tasks import raise_if_cancelled
 
 __all__ = [
     "CENSUS_PREFIX",
@@ -150,6 +151,7 @@ class CensusFollower(TaskPart, Generic[T]):
     async def _run(self) -> None:
         delay = self.retry_s[0]
         while True:
+            raise_if_cancelled()
             began = asyncio.get_running_loop().time()
             try:
                 await self._follow()
@@ -209,6 +211,7 @@ class CensusFollower(TaskPart, Generic[T]):
                 # nats-server that lost its store, say) surfaces here, and the census is read anew.
                 await asyncio.sleep(self.check_s)
                 await sub.consumer_info()
+                raise_if_cancelled()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

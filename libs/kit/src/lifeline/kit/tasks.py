@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["cancel_and_wait", "raise_if_cancelled"]
 
 
 async def cancel_and_wait(task: asyncio.Task[object], *, retry_s: float = 0.5) -> None:
@@ -20,3 +20,13 @@ async def cancel_and_wait(task: asyncio.Task[object], *, retry_s: float = 0.5) -
         await asyncio.wait({task}, timeout=retry_s)
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def raise_if_cancelled() -> None:
+    """End the current task if it was cancelled and the cancellation was lost on the way (see above).
+
+    A loop that calls nats-py over and over calls this once per round, so that one ``cancel()`` ends it
+    whoever sends it — ``asyncio.run`` cancels each task left at exit once, and waits for it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

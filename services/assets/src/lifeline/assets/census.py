@@ -27,6 +27,7 @@ from lifeline.kit.census import census_complete, census_subject, ready_subject
 from lifeline.kit.db import Database
 from lifeline.kit.outbox import enqueue_many, outbox_table
 from lifeline.kit.runtime import TaskPart
+from lifeline.kit.tasks import raise_if_cancelled
 from lifeline.v1 import assets_pb2
 
 from .messages import change_event
@@ -67,6 +68,7 @@ class CensusKeeper(TaskPart):
 
     async def _run(self) -> None:
         while True:
+            raise_if_cancelled()
             try:
                 await self.bus.wait_ready(timeout=3600)
                 if not await census_complete(self.bus, self.region):
