@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from lifeline.kit.runtime import TaskPart
 from lifeline.kit.tasks import cancel_and_wait, raise_if_cancelled
@@ -65,10 +66,8 @@ async def test_a_loop_that_checks_ends_with_one_cancel_though_it_was_lost() -> N
         while True:
             raise_if_cancelled()
             rounds += 1
-            try:
+            with contextlib.suppress(asyncio.CancelledError):  # lost, as in Python 3.11's asyncio.wait_for
                 await asyncio.sleep(0.01)
-            except asyncio.CancelledError:
-                pass  # lost, as in Python 3.11's asyncio.wait_for
 
     task = asyncio.create_task(loop())
     await asyncio.sleep(0.05)

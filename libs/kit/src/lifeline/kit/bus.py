@@ -418,10 +418,8 @@ class PullConsumer:
             if self.batch > 1 and behind > 0:
                 # Messages known to be there: the server sends them at once and ends the pull with a
                 # status; the timeout matters only if a replica sharing the durable took them first.
-                try:
+                with contextlib.suppress(nats.errors.TimeoutError, TimeoutError):
                     msgs += await sub.fetch(min(self.batch - 1, behind), timeout=FILL_FETCH_TIMEOUT_S)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    pass
         self._behind = msgs[-1].metadata.num_pending or 0
         return msgs
 
