@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
 from lifeline.kit.bus import Bus, BusUnavailable, PullConsumer
 from lifeline.kit.natsserver import NatsServer
@@ -151,6 +152,42 @@ async def test_a_lone_message_is_handed_over_without_waiting_out_the_pull(bus: B
     finally:
         await consumer.stop()
     assert got == [b"0", b"1", b"2"]
+
+
+async def test_caught_up_once_the_stream_is_handled_through_its_newest_message(bus: Bus) -> None:
+    # The last entry per subject (as alerts reads the census): caught up only once the handler has
+    # returned for every entry, the newest message of the stream included. (The session's stream may
+    # hold other tests' entries: the consumer takes those too.)
+    key = uuid.uuid4().hex[:8]
+    for subject, version in (("a", b"1"), ("a", b"2"), ("b", b"1")):
+        await bus.publish(f"$KV.census.test.{key}.{subject}", version)
+    release = asyncio.Event()
+    seen: dict[str, bytes] = {}
+
+    async def handler(msgs: list[Msg]) -> None:
+        seen.update((m.subject, m.data) for m in msgs)
+        await release.wait()
+
+    consumer = PullConsumer(
+        bus,
+        stream="KV_census",
+        durable=f"c{key}",
+        handler=handler,
+        filter_subject="$KV.census.>",
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+    )
+    consumer.start()
+    try:
+        await wait_for(lambda: bool(seen))
+        assert not await consumer.caught_up()  # in the handler: delivered, not acknowledged
+        release.set()
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await consumer.caught_up():
+            assert asyncio.get_running_loop().time() < deadline, "never caught up"
+            await asyncio.sleep(0.05)
+        assert seen[f"$KV.census.test.{key}.a"] == b"2" and seen[f"$KV.census.test.{key}.b"] == b"1"
+    finally:
+        await consumer.stop()
 
 
 async def test_poison_message_goes_to_dead_letter_and_others_pass(bus: Bus) -> None:

@@ -335,6 +335,16 @@ class PullConsumer:
         info = await self.bus.js.consumer_info(self.stream, self.durable)
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
 
+    async def caught_up(self) -> bool:
+        """Whether this consumer has processed the stream up to its newest message, as it stood just now.
+
+        Stronger than no message pending: the consumer acknowledged, in order, through the stream's last
+        sequence read before asking it (for a consumer of every subject of its stream; with
+        ``LAST_PER_SUBJECT`` too, the newest message being the last of its subject)."""
+        last = (await self.bus.js.stream_info(self.stream)).state.last_seq
+        info = await self.bus.js.consumer_info(self.stream, self.durable)
+        return not info.num_pending and not info.num_ack_pending and info.ack_floor.stream_seq >= last
+
     def consumer_config(self) -> ConsumerConfig:
         """Durable, explicit-ack; the server redelivers a little past max_deliver so we can dead-letter."""
         return ConsumerConfig(

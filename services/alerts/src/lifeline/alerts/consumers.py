@@ -73,7 +73,7 @@ class CensusGate(TaskPart):
 
     async def _caught_up(self) -> bool:
         with contextlib.suppress(Exception):  # the durable does not exist until its first pull
-            if await census_complete(self.bus, self.region) and await self.census.pending() == 0:
+            if await census_complete(self.bus, self.region) and await self.census.caught_up():
                 self.complete = True
         return self.complete
 
