@@ -175,7 +175,7 @@ async def test_ingest_started_later_with_assets_down_loads_the_census_from_the_b
     assert await outcome(http, ingest, others[0]) == "sensor_retired"
     assert len(ingest.registry) == 4
     # One entry per sensor: the last version of each, not its history.
-    assert ingest.mirror.applied == 4 and ingest.mirror.stale == 0
+    assert ingest.census.applied == 4 and ingest.census.stale == 0
 
 
 async def test_duplicated_or_late_events_do_not_roll_a_sensor_back(
@@ -195,11 +195,11 @@ async def test_duplicated_or_late_events_do_not_roll_a_sensor_back(
     events = [assets_pb2.SensorChanged.FromString(m.data) for m in msgs]
     (v1,) = [e for e in events if e.sensor.sensor_id == sensor_id and e.sensor.version == 1]
     assert v1.sensor.status == assets_pb2.ASSET_SENSOR_STATUS_ACTIVE
-    stale_before = ingest.mirror.stale
+    stale_before = ingest.census.stale
     for _ in range(2):
         await publish_census_entry(assets.bus, "sensor", code[:6], sensor_id, v1.SerializeToString())
     deadline = time.monotonic() + 5
-    while ingest.mirror.stale < stale_before + 2:
+    while ingest.census.stale < stale_before + 2:
         assert time.monotonic() < deadline, "the replayed events never reached ingest"
         await asyncio.sleep(0.05)
     assert await outcome(http, ingest, sensor_id) == "sensor_retired"

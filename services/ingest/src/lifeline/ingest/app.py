@@ -86,9 +86,9 @@ class IngestApp(Service):
     def _follow_assets(self, region: str) -> None:
         # Every ingest process (front and storage alike) keeps its own registry, hence its own copy.
         s = self.settings
-        self.registry = SensorRegistry(load_quantities(s.quantities_file), ready=lambda: self.mirror.ready)
-        self.mirror = follow_assets(self.registry, bus=self.bus, region=region)
-        self.background.append(self.mirror)
+        self.registry = SensorRegistry(load_quantities(s.quantities_file), ready=lambda: self.census.ready)
+        self.census = follow_assets(self.registry, bus=self.bus, region=region)
+        self.background.append(self.census)
 
     def _setup_storage(self, region: str) -> None:
         s = self.settings
